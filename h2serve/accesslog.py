@@ -1,0 +1,95 @@
+"""The access log, in the combined log format with the protocol in the request line.
+
+    127.0.0.1 - - [22/Nov/2026:18:30:01 +0000] "GET /static/app.css HTTP/2.0" 200 5120 "-" "curl/7.88"
+
+Lines are gathered while the event loop handles one batch of input and written with one call when it
+is done, so logging costs no system call per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import TextIO
+
+
+class AccessLog:
+    """Formats and writes access-log lines; `None` stream means logging is off."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self._stream = stream
+        self._pending: list[str] = []
+        self._second = -1
+        self._stamp = ""
+
+    @classmethod
+    def open(cls, target: str) -> AccessLog:
+        """`-` is standard output, `off` disables the log, anything else is a file appended to."""
+        if target == "off":
+            return cls(None)
+        if target == "-":
+            return cls(sys.stdout)
+        return cls(open(target, "a", encoding="utf-8"))
+
+    @property
+    def enabled(self) -> bool:
+        return self._stream is not None
+
+    def log(self, client: str, method: str, target: str, protocol: str, status: int, size: int,
+            referer: str | None, user_agent: str | None) -> None:
+        if self._stream is None:
+            return
+        line = (f'{client} - - [{self._now()}] "{_clean(method)} {_clean(target)} {protocol}" '
+                f'{status} {size} "{_clean(referer or "-")}" "{_clean(user_agent or "-")}"\n')
+        if not self._pending:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: write at once
+                self._pending.append(line)
+                self.flush()
+                return
+        self._pending.append(line)
+
+    def flush(self) -> None:
+        if self._stream is None or not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        try:
+            self._stream.write("".join(lines))
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or full log must never take the server down
+
+    def close(self) -> None:
+        self.flush()
+        if self._stream not in (None, sys.stdout, sys.stderr):
+            self._stream.close()
+
+    def _now(self) -> str:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._stamp = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(now))
+        return self._stamp
+
+
+def client_host(transport: asyncio.BaseTransport) -> str:
+    """The client's address as the log shows it."""
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "-"
+
+
+def _clean(text: str) -> str:
+    """Escape what could forge or break a log line: quotes, backslashes, control characters."""
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        if ch in '"\\' or not ch.isprintable():
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else ch.encode("unicode_escape").decode())
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -1,0 +1,121 @@
+"""The command line, generated from `Config`.
+
+    h2serve [serve] [OPTIONS]     serve the site (the default command)
+    h2serve cert [--certs-dir D]  make the development CA and certificate anew
+
+Options given on the command line override those of `--config FILE.toml`, which override defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .certs import ensure_dev_certs, trust_hint
+from .config import Config, ConfigError
+
+DESCRIPTION = """\
+A static-site web server for HTTP/2 (with server push and 103 Early Hints) and HTTP/1.1.
+Pages come from --templates (/ is index.html, /about is about.html), assets from --static
+(under /static/), or the whole site from one --root folder."""
+
+EPILOG = """\
+commands:
+  serve          serve the site (the default)
+  cert           make the development CA and certificate under --certs-dir anew
+
+examples:
+  h2serve                                   demo site on https://localhost:8443/ (dev certificate)
+  h2serve --root ./public --bind 0.0.0.0:443 --cert fullchain.pem --key privkey.pem
+  curl --http2 --cacert certs/ca.pem https://localhost:8443/"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One option per `Config` field: flag, type, help and default all come from the field."""
+    parser = argparse.ArgumentParser(
+        prog="h2serve", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"h2serve {__version__}")
+    parser.add_argument("--config", metavar="TOML", help="read options from this TOML file first")
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        _add_option(parser, f, hints[f.name])
+    return parser
+
+
+def _add_option(parser: argparse.ArgumentParser, f: dataclasses.Field[Any], hint: Any) -> None:
+    meta = f.metadata
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "metavar": meta["metavar"]}
+    help_text = meta["help"]
+    if hint is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+        del kwargs["metavar"]
+        help_text += f" (default: {'on' if default else 'off'})"
+    elif typing.get_origin(hint) is list and meta["list_sep"]:
+        sep = meta["list_sep"]
+        kwargs["type"] = lambda text, sep=sep: [x.strip() for x in text.split(sep) if x.strip()]
+        help_text += f" (default: {sep.join(default)})"
+    elif typing.get_origin(hint) is list:
+        kwargs["action"] = "append"
+        if default:
+            help_text += f" (default: {', '.join(default)})"
+    else:
+        kwargs["type"] = hint if hint in (int, float) else str
+        if default is not None:
+            help_text += f" (default: {default})"
+    parser.add_argument(flag, help=help_text, **kwargs)
+
+
+def parse_config(argv: Sequence[str]) -> Config:
+    """Defaults, then the TOML file, then the command line; raises ConfigError."""
+    args = vars(build_parser().parse_args(argv))
+    toml_path = args.pop("config", None)
+    if toml_path is not None:
+        return Config.from_toml(toml_path, **args)
+    return Config(**args)
+
+
+def cert_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="h2serve cert", description="Make the development CA and localhost certificate anew.")
+    parser.add_argument("--certs-dir", default="certs", metavar="DIR",
+                        help="where to write ca.pem, cert.pem and key.pem (default: certs)")
+    args = parser.parse_args(argv)
+    try:
+        certs, _ = ensure_dev_certs(args.certs_dir, force=True)
+    except OSError as e:
+        print(f"h2serve: cannot write certificates in {args.certs_dir}: {e.strerror}", file=sys.stderr)
+        return 2
+    print(trust_hint(certs))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "cert":
+        return cert_command(argv[1:])
+    if argv and argv[0] == "serve":
+        argv = argv[1:]
+    try:
+        config = parse_config(argv)
+    except ConfigError as e:
+        print(f"h2serve: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    from .server import run
+
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

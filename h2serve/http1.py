@@ -1,0 +1,206 @@
+"""HTTP/1.1: an `asyncio.Protocol` around one `h11.Connection`.
+
+Requests on a keep-alive connection are answered one at a time, in order: while a response is
+being sent, h11 holds any pipelined requests behind it (it answers PAUSED) and they are taken up
+when the response ends. Bodies are written chunk by chunk while the transport is not paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import h11
+
+from .accesslog import client_host
+from .response import Body, Response
+
+if TYPE_CHECKING:
+    from .protocol import Shared
+
+log = logging.getLogger("h2serve")
+
+CHUNK = 64 * 1024
+WRITE_BUFFER_HIGH = 512 * 1024
+
+
+class H1Protocol(asyncio.Protocol):
+    """One HTTP/1.1 connection."""
+
+    def __init__(self, shared: Shared, tls: bool) -> None:
+        self.shared = shared
+        self.tls = tls
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=shared.config.max_header_list_size)
+        self.transport: asyncio.Transport | None = None
+        self.client = "-"
+        self.paused = False
+        self.closed = False
+        self.body: Body | None = None  # the response body being sent, if any
+        self.entry: tuple[str, str, str, int, str | None, str | None] | None = None
+        self.sent = 0
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.client = client_host(transport)
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self.shared.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        self._next_requests()
+
+    def eof_received(self) -> bool | None:
+        self.conn.receive_data(b"")
+        self._next_requests()
+        # Keep a plain TCP transport open while a response still goes out to a half-closed peer
+        # (TLS transports close on EOF whatever we answer).
+        return True if self.body is not None and not self.tls else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._finish_body()
+        self.shared.remove(self)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._pump()
+        self._next_requests()
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def _next_requests(self) -> None:
+        """Take events from h11 until a response is in progress or more input is needed."""
+        conn = self.conn
+        while not self.closed and self.body is None:
+            if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                conn.start_next_cycle()  # the next pipelined request, if any, is now readable
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as e:
+                self._protocol_error(e)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._on_request(event)
+            elif isinstance(event, h11.ConnectionClosed):
+                self.close()
+            # h11.Data and EndOfMessage: request bodies are not used by a static server; dropped.
+
+    def _on_request(self, request: h11.Request) -> None:
+        method = request.method.decode("latin-1")
+        target = request.target.decode("latin-1")
+        referer = user_agent = None
+        for name, value in request.headers:
+            if name == b"user-agent":
+                user_agent = value.decode("latin-1")
+            elif name == b"referer":
+                referer = value.decode("latin-1")
+        protocol = "HTTP/" + request.http_version.decode()
+        try:
+            response = self.shared.site.respond(method, request.target)
+        except Exception:
+            log.exception("error answering %s %s", method, target)
+            response = self.shared.site.error(500, method)
+        self.entry = (method, target, protocol, response.status, referer, user_agent)
+        self.send_response(response)
+
+    def send_response(self, response: Response) -> None:
+        """Send the head (and a small body) in one write; a large body is pumped after."""
+        headers = response.headers
+        if self.shared.closing:
+            headers = [*headers, (b"connection", b"close")]
+        out = self.conn.send(h11.Response(status_code=response.status, headers=headers))
+        self.sent = 0
+        body = response.body
+        if body is not None and body.remaining <= CHUNK:
+            chunk = body.read(body.remaining)
+            out += self.conn.send(h11.Data(data=chunk)) if chunk else b""
+            self.sent = len(chunk)
+            body.close()
+            body = None
+        if body is None:
+            out += self.conn.send(h11.EndOfMessage())
+            self._write(out)
+            self._response_done()
+            return
+        self._write(out)
+        self.body = body
+        self._pump()
+
+    def _pump(self) -> None:
+        body = self.body
+        while body is not None and not self.paused and not self.closed:
+            try:
+                chunk = body.read(min(CHUNK, body.remaining))
+            except OSError as e:
+                log.warning("reading %s for %s failed: %s", self.entry and self.entry[1], self.client, e)
+                self.close()
+                return
+            data = self.conn.send(h11.Data(data=chunk))
+            self.sent += len(chunk)
+            if body.remaining == 0:
+                data += self.conn.send(h11.EndOfMessage())
+                self._write(data)
+                self._response_done()
+                self._next_requests()
+                return
+            self._write(data)
+
+    def _response_done(self) -> None:
+        self._finish_body()
+        if self.conn.our_state is h11.MUST_CLOSE or self.shared.closing:
+            self.close()
+
+    def _finish_body(self) -> None:
+        """Close the body and log the request, once, however the response ended."""
+        if self.body is not None:
+            self.body.close()
+            self.body = None
+        if self.entry is not None:
+            method, target, protocol, status, referer, user_agent = self.entry
+            self.entry = None
+            self.shared.access_log.log(
+                self.client, method, target, protocol, status, self.sent, referer, user_agent)
+
+    def _protocol_error(self, error: h11.RemoteProtocolError) -> None:
+        """A malformed request: answer with the status h11 suggests (400, 431, ...) and close."""
+        log.info("bad HTTP/1.1 request from %s: %s", self.client, error)
+        status = error.error_status_hint
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            response = self.shared.site.error(status, "GET")
+            response.headers.append((b"connection", b"close"))
+            self.entry = ("-", "-", "HTTP/1.1", status, None, None)
+            with contextlib.suppress(h11.LocalProtocolError):
+                self.send_response(response)
+        self.close()
+
+    # -- output and closing ----------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.closed or self.transport is None:
+            return
+        self.closed = True
+        self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful close: an idle connection closes now, a busy one after its response."""
+        if self.body is None and self.conn.our_state is not h11.SEND_BODY:
+            self.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

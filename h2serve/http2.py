@@ -1,0 +1,357 @@
+"""HTTP/2: an `asyncio.Protocol` around one `h2.connection.H2Connection`.
+
+Everything here is callbacks, no task per stream: bytes in -> h2 events -> `Site.respond()` ->
+frames out. Bodies are pulled chunk by chunk, each stream round-robin, only as far as the peer's
+stream and connection windows allow and only while the transport is not paused, so memory per
+connection stays bounded; a WINDOW_UPDATE (or a larger SETTINGS_INITIAL_WINDOW_SIZE) wakes the
+blocked streams. All frames produced while handling one batch of input leave in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from h2.config import H2Configuration
+from h2.connection import ConnectionState, H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingAckReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
+
+from .accesslog import client_host
+from .response import Body, Response
+
+if TYPE_CHECKING:
+    from .protocol import Shared
+
+log = logging.getLogger("h2serve")
+
+# Our own response headers are lower-case and valid by construction, so h2 need not re-check or
+# normalise them; what the client sends is always validated.
+H2_CONFIG = H2Configuration(
+    client_side=False,
+    header_encoding=None,
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+    validate_inbound_headers=True,
+    normalize_inbound_headers=True,
+)
+FLUSH_BYTES = 256 * 1024          # write out what is queued once this much has built up
+WRITE_BUFFER_HIGH = 512 * 1024    # transport buffer above which we stop producing frames
+SHUTDOWN_PING = b"h2s-shut"
+SHUTDOWN_PING_WAIT = 2.0          # seconds to wait for the PING ACK before the final GOAWAY
+STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
+
+
+class _Stream:
+    """A response being sent on one stream, and what the access log needs of its request."""
+
+    __slots__ = ("body", "id", "method", "referer", "request_done", "sent", "status", "target",
+                 "user_agent")
+
+    def __init__(self, stream_id: int, method: str, target: str, referer: str | None,
+                 user_agent: str | None, request_done: bool) -> None:
+        self.id = stream_id
+        self.method = method
+        self.target = target
+        self.referer = referer
+        self.user_agent = user_agent
+        self.request_done = request_done
+        self.status = 0
+        self.sent = 0
+        self.body: Body | None = None
+
+
+class H2Protocol(asyncio.Protocol):
+    """One HTTP/2 connection."""
+
+    def __init__(self, shared: Shared, tls: bool) -> None:
+        self.shared = shared
+        self.tls = tls
+        cfg = shared.config
+        self.conn = H2Connection(config=H2_CONFIG)
+        self.conn.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: cfg.max_concurrent_streams,
+            SettingCodes.INITIAL_WINDOW_SIZE: cfg.initial_window_size,
+            SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_header_list_size,
+        })
+        self.transport: asyncio.Transport | None = None
+        self.client = "-"
+        self.streams: dict[int, _Stream] = {}
+        self.ready: deque[_Stream] = deque()   # streams with data to send and, last we knew, window
+        self.blocked: dict[int, _Stream] = {}  # streams waiting for a WINDOW_UPDATE
+        self.paused = False
+        self.closed = False
+        self.peer_goaway = False
+        self.shutting_down = False
+        self.last_stream: int | None = None    # set by our final GOAWAY: streams above are refused
+        self._shutdown_timer: asyncio.TimerHandle | None = None
+        self._queued = 0
+        self._handlers = {
+            RequestReceived: self._on_request,
+            DataReceived: self._on_data,
+            StreamEnded: self._on_stream_ended,
+            StreamReset: self._on_reset,
+            WindowUpdated: self._on_window_update,
+            RemoteSettingsChanged: self._on_settings,
+            ConnectionTerminated: self._on_goaway,
+            PingAckReceived: self._on_ping_ack,
+        }
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.client = client_host(transport)
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self.shared.add(self)
+        self.conn.initiate_connection()
+        self.flush()
+        if self.shared.closing:
+            self.shutdown()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as e:
+            # h2 has queued a GOAWAY with the right error code: send it, then close.
+            log.info("h2 protocol error from %s: %s", self.client, e)
+            self.close()
+            return
+        handlers = self._handlers
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+        self.pump()
+
+    def eof_received(self) -> bool | None:
+        return None  # the client is gone: let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._shutdown_timer is not None:
+            self._shutdown_timer.cancel()
+        for stream in list(self.streams.values()):
+            self._end_stream(stream)
+        self.ready.clear()
+        self.blocked.clear()
+        self.shared.remove(self)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.pump()
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def _on_request(self, event: RequestReceived) -> None:
+        sid = event.stream_id
+        if self.last_stream is not None and sid > self.last_stream:
+            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        method = target = ""
+        referer = user_agent = None
+        for name, value in event.headers or ():
+            if name == b":method":
+                method = value.decode("latin-1")
+            elif name == b":path":
+                target = value.decode("latin-1")
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+            elif name == b"referer":
+                referer = value.decode("latin-1")
+        stream = _Stream(sid, method, target, referer, user_agent, event.stream_ended is not None)
+        try:
+            response = self.shared.site.respond(method, target.encode("latin-1"))
+        except Exception:
+            log.exception("error answering %s %s", method, target)
+            self.conn.reset_stream(sid, ErrorCodes.INTERNAL_ERROR)
+            return
+        self.send_response(stream, response)
+
+    def send_response(self, stream: _Stream, response: Response) -> None:
+        """Send the HEADERS now and queue the body to go out as windows allow."""
+        stream.status = response.status
+        body = response.body
+        headers = [(b":status", STATUS_BYTES[response.status]), *response.headers]
+        if body is None or body.remaining == 0:
+            self.conn.send_headers(stream.id, headers, end_stream=True)
+            stream.body = body
+            self._end_stream(stream)
+            return
+        self.conn.send_headers(stream.id, headers)
+        stream.body = body
+        self.streams[stream.id] = stream
+        self.ready.append(stream)
+
+    def _on_data(self, event: DataReceived) -> None:
+        # Request bodies are not used by a static server; give the window straight back.
+        if event.flow_controlled_length:
+            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+
+    def _on_stream_ended(self, event: StreamEnded) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.request_done = True
+
+    def _on_reset(self, event: StreamReset) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            self._end_stream(stream)
+
+    def _on_window_update(self, event: WindowUpdated) -> None:
+        if event.stream_id == 0:
+            self._unblock_all()
+        else:
+            stream = self.blocked.pop(event.stream_id, None)
+            if stream is not None:
+                self.ready.append(stream)
+
+    def _on_settings(self, event: RemoteSettingsChanged) -> None:
+        changed = event.changed_settings
+        if SettingCodes.INITIAL_WINDOW_SIZE in changed or SettingCodes.MAX_FRAME_SIZE in changed:
+            self._unblock_all()
+
+    def _on_goaway(self, event: ConnectionTerminated) -> None:
+        self.peer_goaway = True
+        if event.error_code != ErrorCodes.NO_ERROR or not self.streams:
+            self.close()
+            return
+        # RFC 9113 section 6.8: streams up to the client's last stream id may still complete, but
+        # h2 closes its state machine on any GOAWAY. Reopen it so in-flight responses can finish;
+        # the connection closes when the last one does.
+        if self.conn.state_machine.state == ConnectionState.CLOSED:
+            self.conn.state_machine.state = ConnectionState.SERVER_OPEN
+
+    def _on_ping_ack(self, event: PingAckReceived) -> None:
+        if event.ping_data == SHUTDOWN_PING:
+            self._final_goaway()
+
+    # -- sending bodies --------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Send DATA round-robin across ready streams while windows and the transport allow."""
+        conn = self.conn
+        ready = self.ready
+        while ready and not self.paused and not self.closed:
+            stream = ready.popleft()
+            body = stream.body
+            if body is None or self.streams.get(stream.id) is not stream:
+                continue  # finished or reset meanwhile
+            window = conn.local_flow_control_window(stream.id)
+            if window <= 0:
+                self.blocked[stream.id] = stream
+                continue
+            n = min(window, conn.max_outbound_frame_size, body.remaining)
+            try:
+                chunk = body.read(n)
+            except OSError as e:
+                log.warning("reading %s for %s failed: %s", stream.target, self.client, e)
+                conn.reset_stream(stream.id, ErrorCodes.INTERNAL_ERROR)
+                self._end_stream(stream)
+                continue
+            end = body.remaining == 0
+            conn.send_data(stream.id, chunk, end_stream=end)
+            stream.sent += len(chunk)
+            self._queued += len(chunk)
+            if end:
+                self._end_stream(stream)
+            else:
+                ready.append(stream)
+            if self._queued >= FLUSH_BYTES:
+                self.flush()
+        self.flush()
+
+    def _unblock_all(self) -> None:
+        if self.blocked:
+            self.ready.extend(self.blocked.values())
+            self.blocked.clear()
+
+    def _end_stream(self, stream: _Stream) -> None:
+        """Forget a stream whose response is complete, reset, or cut off; log it once."""
+        self.streams.pop(stream.id, None)
+        self.blocked.pop(stream.id, None)
+        if stream.body is not None:
+            stream.body.close()
+        complete = stream.body is None or stream.body.remaining == 0
+        if complete and not stream.request_done and not self.closed:
+            # RFC 9113 section 8.1: the response is complete; ask the client to stop sending.
+            with contextlib.suppress(ProtocolError):
+                self.conn.reset_stream(stream.id, ErrorCodes.NO_ERROR)
+        self.shared.access_log.log(
+            self.client, stream.method, stream.target, "HTTP/2.0", stream.status, stream.sent,
+            stream.referer, stream.user_agent)
+        if not self.streams and (self.peer_goaway or self.last_stream is not None):
+            self.close()
+
+    # -- output and closing ----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        self._queued = 0
+        data = self.conn.data_to_send()
+        if data and not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        """Send what is queued (a GOAWAY, say) and close the connection."""
+        if self.closed or self.transport is None:
+            return
+        self.flush()
+        self.closed = True
+        self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def shutdown(self) -> None:
+        """Graceful close, the two-step GOAWAY of RFC 9113 section 6.8.
+
+        First a GOAWAY with the largest stream id and a PING: requests already on their way are
+        still taken. When the PING comes back (or after a short wait) a second GOAWAY names the
+        last stream we took; the connection closes once those streams are answered.
+        """
+        if self.shutting_down or self.closed:
+            return
+        self.shutting_down = True
+        self._write_goaway(2**31 - 1)
+        self.conn.ping(SHUTDOWN_PING)
+        self.flush()
+        loop = asyncio.get_running_loop()
+        self._shutdown_timer = loop.call_later(SHUTDOWN_PING_WAIT, self._final_goaway)
+
+    def _final_goaway(self) -> None:
+        if self.last_stream is not None or self.closed:
+            return
+        if self._shutdown_timer is not None:
+            self._shutdown_timer.cancel()
+        self.last_stream = self.conn.highest_inbound_stream_id
+        self._write_goaway(self.last_stream)
+        if not self.streams:
+            self.close()
+
+    def _write_goaway(self, last_stream_id: int) -> None:
+        # Written as a frame of our own rather than with conn.close_connection(): h2 refuses to
+        # send anything after its own GOAWAY, and the streams in flight must still be answered.
+        self.flush()
+        if self.transport is not None and not self.closed:
+            frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=ErrorCodes.NO_ERROR)
+            self.transport.write(frame.serialize())

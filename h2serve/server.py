@@ -1,0 +1,195 @@
+"""Listeners, signals and graceful shutdown: the embedding API.
+
+    server = Server(Config(bind=["127.0.0.1:0"]))
+    await server.start()          # binds; server.port is the port the OS chose
+    ...
+    await server.stop()           # GOAWAY, drain within the grace period, close
+
+`run()` is what the command line calls: start, print where it serves, wait for SIGINT/SIGTERM, stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .accesslog import AccessLog
+from .certs import ensure_dev_certs, trust_hint
+from .config import Config, ConfigError, parse_address
+from .files import Site
+from .protocol import Dispatcher, Shared
+from .tls import make_ssl_context
+
+log = logging.getLogger("h2serve")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One bound socket: `scheme` is https (TLS, ALPN) or http (cleartext h2c and HTTP/1.1)."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}/"
+
+
+class Server:
+    """One h2serve instance; see the module docstring."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.listeners: list[Listener] = []
+        self.shared: Shared | None = None
+        self.ca_file: Path | None = None  # the dev CA, when serving a dev certificate
+        self._servers: list[asyncio.Server] = []
+
+    @property
+    def port(self) -> int:
+        """The first TLS port (or, with no TLS listener, the first cleartext one)."""
+        tls = [x for x in self.listeners if x.scheme == "https"]
+        return (tls or self.listeners)[0].port
+
+    @property
+    def h2c_port(self) -> int:
+        return next(x.port for x in self.listeners if x.scheme == "http")
+
+    async def start(self) -> None:
+        """Check the configuration, then bind every listener; raises ConfigError saying what to fix."""
+        cfg = self.config
+        site = Site.from_folders(root=cfg.root, templates=cfg.templates, static=cfg.static,
+                                 server_name=cfg.server_name)
+        ssl_ctx = make_ssl_context(*self._certificate(), cfg.alpn) if cfg.bind else None
+        try:
+            access_log = AccessLog.open(cfg.access_log)
+        except OSError as e:
+            raise ConfigError(f"--access-log {cfg.access_log}: {e.strerror}") from None
+        self.shared = Shared(cfg, site, access_log)
+        try:
+            for addr in cfg.bind:
+                await self._listen(addr, ssl_ctx)
+            for addr in cfg.h2c_bind:
+                await self._listen(addr, None)
+        except ConfigError:
+            await self.stop(0)
+            raise
+
+    def _certificate(self) -> tuple[str, str]:
+        cfg = self.config
+        if cfg.cert is not None and cfg.key is not None:
+            return cfg.cert, cfg.key
+        try:
+            certs, made = ensure_dev_certs(cfg.certs_dir)
+        except OSError as e:
+            raise ConfigError(f"--certs-dir {cfg.certs_dir}: cannot write certificates ({e.strerror})"
+                              ) from None
+        if made:
+            log.warning("%s", trust_hint(certs))
+        self.ca_file = certs.ca
+        return str(certs.cert), str(certs.key)
+
+    async def _listen(self, addr: str, ssl_ctx: object) -> None:
+        assert self.shared is not None
+        host, port = parse_address(addr)
+        shared, tls = self.shared, ssl_ctx is not None
+        loop = asyncio.get_running_loop()
+        try:
+            server = await loop.create_server(
+                lambda: Dispatcher(shared, tls=tls), host, port, ssl=ssl_ctx,  # type: ignore[arg-type]
+                ssl_handshake_timeout=self.config.handshake_timeout if tls else None,
+                reuse_address=True, backlog=1024)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {addr}: {e.strerror or e}") from None
+        self._servers.append(server)
+        for sock in server.sockets:
+            bound_port = sock.getsockname()[1]
+            self.listeners.append(Listener("https" if tls else "http", host, bound_port))
+
+    async def stop(self, timeout: float | None = None, force: asyncio.Event | None = None) -> None:
+        """Stop accepting, send GOAWAY, give in-flight responses `timeout` seconds, then close.
+
+        `force`, when set meanwhile, cuts the grace period short (a second Ctrl-C).
+        """
+        timeout = self.config.graceful_timeout if timeout is None else timeout
+        for server in self._servers:
+            server.close()
+        shared = self.shared
+        if shared is not None:
+            shared.closing = True
+            for conn in list(shared.connections):
+                conn.shutdown()
+            if shared.connections:
+                await _wait_any(shared.drained, force, timeout)
+            for conn in list(shared.connections):
+                conn.abort()
+            shared.access_log.close()
+        self._servers.clear()
+
+    def describe(self) -> str:
+        """The startup line: version, what is served, where, and over which protocols."""
+        cfg = self.config
+        what = cfg.root if cfg.root is not None else f"{cfg.templates}/ and {cfg.static}/"
+        seen: dict[str, str] = {}
+        for x in self.listeners:
+            protocols = ", ".join(cfg.alpn) if x.scheme == "https" else "h2c, http/1.1"
+            seen.setdefault(x.url, protocols)
+        where = "; ".join(f"{url} ({protocols})" for url, protocols in seen.items())
+        return f"h2serve {__version__} serving {what} on {where}"
+
+
+async def _wait_any(event: asyncio.Event, other: asyncio.Event | None, timeout: float) -> None:
+    waits = [asyncio.ensure_future(event.wait())]
+    if other is not None:
+        waits.append(asyncio.ensure_future(other.wait()))
+    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
+
+
+async def serve(config: Config) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully; a second signal cuts it short."""
+    server = Server(config)
+    await server.start()
+    log.info("%s", server.describe())
+    if server.ca_file is not None:
+        log.info("clients can verify the development certificate with %s", server.ca_file)
+    loop = asyncio.get_running_loop()
+    stop, force = asyncio.Event(), asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: closing connections now", signal.Signals(signum).name)
+            force.set()
+        else:
+            log.info("%s: stopping, in-flight responses get %gs", signal.Signals(signum).name,
+                     config.graceful_timeout)
+            stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await stop.wait()
+        await server.stop(force=force)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+    log.info("stopped")
+
+
+def run(config: Config) -> int:
+    """Run `serve` on a fresh event loop; the exit status of the command line."""
+    try:
+        asyncio.run(serve(config))
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
+    return 0
