@@ -1,0 +1,209 @@
+"""Shared fixtures: a real server on an ephemeral loopback port, real TLS verified against a real CA.
+
+`make_server(**options)` starts `h2serve.Server` in a thread of its own event loop (so tests can use
+blocking clients: httpx, curl, nghttp, raw sockets) and stops it at the end of the test.
+`spawn_server(*args)` runs `python -m h2serve` as a subprocess and waits for its startup line, for
+what only a process shows: signals, exit codes, the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from h2serve import Config, Server
+from h2serve.certs import DevCerts, ensure_dev_certs
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES = REPO / "templates"
+STATIC = REPO / "static"
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCerts:
+    """A development CA and localhost leaf made once for the whole run."""
+    made, _ = ensure_dev_certs(tmp_path_factory.mktemp("certs"))
+    return made
+
+
+@pytest.fixture(scope="session")
+def ca_file(certs: DevCerts) -> str:
+    return str(certs.ca)
+
+
+@pytest.fixture(scope="session")
+def verify(ca_file: str) -> ssl.SSLContext:
+    """A client SSL context trusting only the test CA (for httpx's `verify=`)."""
+    return ssl.create_default_context(cafile=ca_file)
+
+
+@dataclass
+class RunningServer:
+    """A started server and where to reach it."""
+
+    server: Server
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def h2c_port(self) -> int:
+        return self.server.h2c_port
+
+    @property
+    def url(self) -> str:
+        """Base URL over TLS, by name so the certificate verifies: https://localhost:PORT"""
+        return f"https://localhost:{self.port}"
+
+    @property
+    def h2c_url(self) -> str:
+        return f"http://127.0.0.1:{self.h2c_port}"
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        if self.thread.is_alive():
+            self.call(self.server.stop(timeout))
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+@pytest.fixture
+def make_server(certs: DevCerts, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers with `Config` options (demo site, TLS on 127.0.0.1:0 and h2c by default)."""
+    started: list[RunningServer] = []
+
+    def start(**options: Any) -> RunningServer:
+        options.setdefault("bind", ["127.0.0.1:0"])
+        options.setdefault("h2c_bind", ["127.0.0.1:0"])
+        options.setdefault("cert", str(certs.cert))
+        options.setdefault("key", str(certs.key))
+        options.setdefault("templates", str(TEMPLATES))
+        options.setdefault("static", str(STATIC))
+        options.setdefault("access_log", str(tmp_path / "access.log"))
+        options.setdefault("log_level", "warning")
+        server = Server(Config(**options))
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        running = RunningServer(server, loop, thread)
+        try:
+            running.call(server.start())
+        except BaseException:
+            loop.call_soon_threadsafe(loop.stop)
+            raise
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def server(make_server: Callable[..., RunningServer]) -> RunningServer:
+    """The demo site on TLS (h2 and http/1.1) and h2c."""
+    return make_server()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A writable copy of the demo site (templates/ and static/) for tests that add files."""
+    root = tmp_path / "site"
+    shutil.copytree(TEMPLATES, root / "templates")
+    shutil.copytree(STATIC, root / "static")
+    return root
+
+
+def tls_client_context(ca_file: str, alpn: list[str] | None) -> ssl.SSLContext:
+    """A verifying client context; `alpn=None` offers no ALPN at all."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if alpn is not None:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def open_tls(port: int, ca_file: str, alpn: list[str] | None = ("h2",),  # type: ignore[assignment]
+             timeout: float = 10) -> ssl.SSLSocket:
+    """A verified TLS socket to the server on localhost:`port`."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    ctx = tls_client_context(ca_file, list(alpn) if alpn is not None else None)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+@dataclass
+class ServerProcess:
+    """`python -m h2serve` running in a subprocess."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    stderr_lines: list[str]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def start_process(args: list[str], cwd: Path | str = REPO, timeout: float = 20
+                  ) -> ServerProcess:
+    """Run the server with `args` and wait for its startup line; the port is read from it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "h2serve", *args], cwd=cwd, env=env, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        match = re.search(r" on https?://[^ ]+:(\d+)/", line)
+        if match:
+            reader = threading.Thread(target=_drain, args=(proc.stderr, lines), daemon=True)
+            reader.start()
+            return ServerProcess(proc, int(match.group(1)), lines)
+    proc.kill()
+    raise AssertionError("server did not start:\n" + "".join(lines))
+
+
+def _drain(stream: Any, lines: list[str]) -> None:
+    for line in stream:
+        lines.append(line)
+
+
+@pytest.fixture
+def spawn_server(certs: DevCerts) -> Iterator[Callable[..., ServerProcess]]:
+    """Start `python -m h2serve` subprocesses serving the demo site with the test certificate."""
+    procs: list[ServerProcess] = []
+
+    def spawn(*args: str, cwd: Path | str = REPO) -> ServerProcess:
+        base = ["--bind", "127.0.0.1:0", "--cert", str(certs.cert), "--key", str(certs.key),
+                "--templates", str(TEMPLATES), "--static", str(STATIC)]
+        running = start_process([*base, *args], cwd=cwd)
+        procs.append(running)
+        return running
+
+    yield spawn
+    for running in procs:
+        running.stop()
