@@ -5,7 +5,9 @@ the same path always gets the same status, headers and bytes.
 
 Containment is decided twice, on purpose: the target is decoded and checked segment by segment
 (no `.`/`..`, no encoded slash, backslash, NUL or control characters), and the file finally opened
-must resolve (symlinks followed) to a place inside the root it was looked up in.
+must resolve (symlinks followed) to a place inside the root it was looked up in. A file is opened by
+name and then checked to be the very file (device and inode) that lookup vetted, so a file swapped
+for a symlink to the outside after its lookup was cached is never served.
 """
 
 from __future__ import annotations
@@ -119,9 +121,15 @@ class FileEntry:
     path: str
     size: int
     mtime_ns: int
+    dev: int
     ino: int
     checked: float
     data: bytes | None  # the contents, for small files
+
+    @property
+    def etag(self) -> str:
+        """A strong validator: changes whenever the file's size or modification time does."""
+        return f'"{self.size:x}-{self.mtime_ns:x}"'
 
 
 class Site:
@@ -157,21 +165,31 @@ class Site:
             segments = split_target(target)
         except BadTarget:
             return self.error(400, method)
-        entry = self.lookup(segments)
-        if entry is None:
-            return self.error(404, method)
-        return self.file_response(entry, method)
+        for _ in range(2):  # a file replaced since its lookup was cached is looked up again, once
+            entry = self.lookup(segments)
+            if entry is None:
+                break
+            response = self._file_response(entry, method, 200)
+            if response is not None:
+                return response
+        return self.error(404, method)
 
     def file_response(self, entry: FileEntry, method: str, status: int = 200) -> Response:
+        """The answer for a looked-up file; 404 if it is no longer the file `entry` describes."""
+        return self._file_response(entry, method, status) or self.error(404, method)
+
+    def _file_response(self, entry: FileEntry, method: str, status: int) -> Response | None:
+        """None if the file on disk is no longer the one `entry` describes (replaced or removed
+        since it was looked up); the entry is then forgotten, so a new lookup sees the change."""
         headers = self.base_headers(content_type(entry.path), entry.size)
         if method == "HEAD":
             return Response(status, headers, None)
         if entry.data is not None:
             return Response(status, headers, BytesBody(entry.data))
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return self.error(404, method)
+        fd = _open_same(entry.path, entry.dev, entry.ino)
+        if fd is None:
+            self._forget(entry.path)
+            return None
         return Response(status, headers, FileBody(fd, 0, entry.size))
 
     def base_headers(self, ctype: bytes, length: int) -> Headers:
@@ -231,23 +249,23 @@ class Site:
 
     def _load(self, path: str, root: Path | None, now: float,
               old: FileEntry | None) -> FileEntry | None:
-        if root is not None and not _inside(path, root):
-            return None
         try:
             st = os.stat(path)
         except (OSError, ValueError):
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        if old is not None and (old.size, old.mtime_ns, old.ino) == (
-                st.st_size, st.st_mtime_ns, st.st_ino):
+        if root is not None and not _inside(path, root, st):
+            return None
+        if old is not None and (old.size, old.mtime_ns, old.dev, old.ino) == (
+                st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino):
             old.checked = now
             return old
         self._forget(path)
-        data = _read_small(path, st.st_size) if st.st_size <= SMALL_FILE else None
+        data = _read_small(path, st) if st.st_size <= SMALL_FILE else None
         if data is not None and self._cached_bytes + len(data) > CACHE_BYTES:
             data = None
-        entry = FileEntry(path, st.st_size, st.st_mtime_ns, st.st_ino, now, data)
+        entry = FileEntry(path, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, now, data)
         self._entries[path] = entry
         self._cached_bytes += len(data or b"")
         return entry
@@ -258,19 +276,45 @@ class Site:
             self._cached_bytes -= len(old.data)
 
 
-def _inside(path: str, root: Path) -> bool:
-    """Whether `path`, symlinks resolved, lies inside `root` (itself already resolved)."""
+def _inside(path: str, root: Path, st: os.stat_result) -> bool:
+    """Whether `path`, symlinks resolved, lies inside `root` (itself already resolved) and is still
+    the file `st` describes (not swapped between the two looks)."""
     real = os.path.realpath(path)
-    return real == str(root) or real.startswith(str(root) + os.sep)
-
-
-def _read_small(path: str, size: int) -> bytes | None:
+    if not (real == str(root) or real.startswith(str(root) + os.sep)):
+        return False
     try:
-        with open(path, "rb") as f:
-            data = f.read(size + 1)
+        real_st = os.stat(real)
+    except OSError:
+        return False
+    return (real_st.st_dev, real_st.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _open_same(path: str, dev: int, ino: int) -> int | None:
+    """Open `path` for reading if it is still the file (`dev`, `ino`) that was vetted, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
-    return data if len(data) == size else None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        st = None
+    if st is None or (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _read_small(path: str, st: os.stat_result) -> bytes | None:
+    fd = _open_same(path, st.st_dev, st.st_ino)
+    if fd is None:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(st.st_size + 1)
+    except OSError:
+        return None
+    return data if len(data) == st.st_size else None
 
 
 def _existing_dir(path: str, option: str) -> Path:

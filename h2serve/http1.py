@@ -2,7 +2,14 @@
 
 Requests on a keep-alive connection are answered one at a time, in order: while a response is
 being sent, h11 holds any pipelined requests behind it (it answers PAUSED) and they are taken up
-when the response ends. Bodies are written chunk by chunk while the transport is not paused.
+when the response ends. Bodies are written chunk by chunk while the transport is not paused; and
+reading stops while more than INPUT_BUFFER_MAX bytes of input wait behind a response in flight, so
+a client that pipelines without reading cannot make the server buffer without bound.
+
+Beyond what h11 checks, a request head larger than max_header_list_size is refused with 431 (h11
+only limits a head that arrives incomplete), and a request with both Content-Length and
+Transfer-Encoding is refused with 400 and the connection closed (RFC 9112 section 6.1: such a
+message is a smuggling attempt or broken).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ log = logging.getLogger("h2serve")
 
 CHUNK = 64 * 1024
 WRITE_BUFFER_HIGH = 512 * 1024
+INPUT_BUFFER_MAX = 256 * 1024  # unparsed input held behind a response in flight before reading stops
 
 
 class H1Protocol(asyncio.Protocol):
@@ -37,6 +45,7 @@ class H1Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client = "-"
         self.paused = False
+        self.reading_paused = False
         self.closed = False
         self.body: Body | None = None  # the response body being sent, if any
         self.entry: tuple[str, str, str, int, str | None, str | None] | None = None
@@ -54,6 +63,11 @@ class H1Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.conn.receive_data(data)
         self._next_requests()
+        # Input left unparsed waits for the response in flight; stop reading if it piles up.
+        if (self.body is not None and not self.reading_paused and not self.closed
+                and self.transport is not None and len(self.conn.trailing_data[0]) > INPUT_BUFFER_MAX):
+            self.reading_paused = True
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         self.conn.receive_data(b"")
@@ -88,7 +102,12 @@ class H1Protocol(asyncio.Protocol):
             except h11.RemoteProtocolError as e:
                 self._protocol_error(e)
                 return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
+            if event is h11.NEED_DATA:
+                if self.reading_paused and self.transport is not None:
+                    self.reading_paused = False  # all buffered input is parsed: read again
+                    self.transport.resume_reading()
+                return
+            if event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
                 self._on_request(event)
@@ -106,6 +125,13 @@ class H1Protocol(asyncio.Protocol):
             elif name == b"referer":
                 referer = value.decode("latin-1")
         protocol = "HTTP/" + request.http_version.decode()
+        problem = _request_problem(request, self.shared.config.max_header_list_size)
+        if problem is not None:
+            status, why = problem
+            log.info("bad HTTP/1.1 request from %s: %s", self.client, why)
+            self.entry = (method, target, protocol, status, referer, user_agent)
+            self._send_error_and_close(status)
+            return
         try:
             response = self.shared.site.respond(method, request.target)
         except Exception:
@@ -177,9 +203,14 @@ class H1Protocol(asyncio.Protocol):
         log.info("bad HTTP/1.1 request from %s: %s", self.client, error)
         status = error.error_status_hint
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self.entry = ("-", "-", "HTTP/1.1", status, None, None)
+        self._send_error_and_close(status)
+
+    def _send_error_and_close(self, status: int) -> None:
+        """Answer `status` with `connection: close` (if no response has begun), then close."""
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             response = self.shared.site.error(status, "GET")
             response.headers.append((b"connection", b"close"))
-            self.entry = ("-", "-", "HTTP/1.1", status, None, None)
             with contextlib.suppress(h11.LocalProtocolError):
                 self.send_response(response)
         self.close()
@@ -204,3 +235,16 @@ class H1Protocol(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _request_problem(request: h11.Request, max_head: int) -> tuple[int, str] | None:
+    """What h11 lets through but the server refuses: (status, reason), or None if acceptable."""
+    names = {name for name, _ in request.headers}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        return 400, "both Content-Length and Transfer-Encoding"
+    # The head as sent: request line, header lines, blank line.
+    size = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n\r\n") + sum(
+        len(name) + len(value) + 4 for name, value in request.headers)
+    if size > max_head:
+        return 431, f"request head of {size} bytes is over the {max_head}-byte limit"
+    return None
