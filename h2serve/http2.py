@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from h2.config import H2Configuration
-from h2.connection import ConnectionState, H2Connection
+from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -57,6 +57,35 @@ SHUTDOWN_PING_WAIT = 2.0          # seconds to wait for the PING ACK before the 
 STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
 
 
+class _StateMachine(H2ConnectionStateMachine):
+    """h2's connection state machine, except that the client's GOAWAY does not close it.
+
+    RFC 9113 section 6.8: streams up to the GOAWAY's last stream id still complete, so the client
+    goes on sending WINDOW_UPDATE, RST_STREAM, PING and SETTINGS, and we go on sending DATA. h2 would
+    close its state machine on the GOAWAY and treat every later frame as a protocol error, even a
+    WINDOW_UPDATE that arrived in the same read as the GOAWAY.
+    """
+
+    _transitions: ClassVar = {  # h2's own table, extended
+        **H2ConnectionStateMachine._transitions,
+        (ConnectionState.SERVER_OPEN, ConnectionInputs.RECV_GOAWAY):
+            (None, ConnectionState.SERVER_OPEN),
+    }
+
+
+class _Connection(H2Connection):
+    """An `H2Connection` that lives on after the client's GOAWAY (see `_StateMachine`)."""
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config=config)
+        self.state_machine = _StateMachine()
+
+    def clear_outbound_data_buffer(self) -> None:
+        # h2 calls this only on receiving a GOAWAY, dropping what it queued for the frames read just
+        # before it (a SETTINGS or PING ACK): those must still go out.
+        pass
+
+
 class _Stream:
     """A response being sent on one stream, and what the access log needs of its request."""
 
@@ -83,12 +112,15 @@ class H2Protocol(asyncio.Protocol):
         self.shared = shared
         self.tls = tls
         cfg = shared.config
-        self.conn = H2Connection(config=H2_CONFIG)
+        self.conn = _Connection(config=H2_CONFIG)
         self.conn.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: cfg.max_concurrent_streams,
             SettingCodes.INITIAL_WINDOW_SIZE: cfg.initial_window_size,
             SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_header_list_size,
         })
+        # h2 reads the header list limit into its HPACK decoder only at construction or on a
+        # SETTINGS ACK of a change: enforce the limit we advertise, not h2's default of 64 KiB.
+        self.conn.decoder.max_header_list_size = cfg.max_header_list_size
         self.transport: asyncio.Transport | None = None
         self.client = "-"
         self.streams: dict[int, _Stream] = {}
@@ -232,14 +264,10 @@ class H2Protocol(asyncio.Protocol):
 
     def _on_goaway(self, event: ConnectionTerminated) -> None:
         self.peer_goaway = True
+        # RFC 9113 section 6.8: the responses in flight may still complete (the connection stays
+        # open for them, see _StateMachine) and it closes when the last one does.
         if event.error_code != ErrorCodes.NO_ERROR or not self.streams:
             self.close()
-            return
-        # RFC 9113 section 6.8: streams up to the client's last stream id may still complete, but
-        # h2 closes its state machine on any GOAWAY. Reopen it so in-flight responses can finish;
-        # the connection closes when the last one does.
-        if self.conn.state_machine.state == ConnectionState.CLOSED:
-            self.conn.state_machine.state = ConnectionState.SERVER_OPEN
 
     def _on_ping_ack(self, event: PingAckReceived) -> None:
         if event.ping_data == SHUTDOWN_PING:

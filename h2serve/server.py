@@ -158,9 +158,6 @@ async def serve(config: Config) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully; a second signal cuts it short."""
     server = Server(config)
     await server.start()
-    log.info("%s", server.describe())
-    if server.ca_file is not None:
-        log.info("clients can verify the development certificate with %s", server.ca_file)
     loop = asyncio.get_running_loop()
     stop, force = asyncio.Event(), asyncio.Event()
 
@@ -173,8 +170,12 @@ async def serve(config: Config) -> None:
                      config.graceful_timeout)
             stop.set()
 
+    # Handlers first, then the startup line: whoever waits for that line may signal at once.
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    log.info("%s", server.describe())
+    if server.ca_file is not None:
+        log.info("clients can verify the development certificate with %s", server.ca_file)
     try:
         await stop.wait()
         await server.stop(force=force)

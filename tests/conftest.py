@@ -207,3 +207,61 @@ def spawn_server(certs: DevCerts) -> Iterator[Callable[..., ServerProcess]]:
     yield spawn
     for running in procs:
         running.stop()
+
+
+# -- a large file for flow-control, cancellation and shutdown tests (appended) ---------------------
+
+BIG_SIZE = 64 * 1024 * 1024
+
+
+@dataclass
+class BigFile:
+    """A 64 MiB random file in a writable copy of the demo site, served at `url_path`."""
+
+    site: Path
+    name: str
+    size: int
+    sha256: str
+
+    @property
+    def templates(self) -> Path:
+        return self.site / "templates"
+
+    @property
+    def static(self) -> Path:
+        return self.site / "static"
+
+    @property
+    def url_path(self) -> str:
+        return "/static/" + self.name
+
+    def server_options(self) -> dict[str, str]:
+        """`make_server` options serving this site."""
+        return {"templates": str(self.templates), "static": str(self.static)}
+
+
+@pytest.fixture(scope="session")
+def big_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """64 MiB of random bytes written once per run, and their sha256."""
+    import hashlib
+
+    path = tmp_path_factory.mktemp("big") / "big.bin"
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        for _ in range(BIG_SIZE // (1 << 20)):
+            chunk = os.urandom(1 << 20)
+            digest.update(chunk)
+            f.write(chunk)
+    return path, digest.hexdigest()
+
+
+@pytest.fixture
+def big_file(big_source: tuple[Path, str], site: Path) -> BigFile:
+    """The 64 MiB file placed (hard-linked when possible) in the `site` copy's static folder."""
+    source, digest = big_source
+    target = site / "static" / "big.bin"
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    return BigFile(site, "big.bin", BIG_SIZE, digest)
