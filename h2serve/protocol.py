@@ -75,6 +75,8 @@ class Dispatcher(asyncio.Protocol):
             if chosen == "http/1.1" and "http/1.1" not in self.shared.config.alpn:
                 chosen = "h2"  # restricted to h2: a client without ALPN must speak h2 directly
             self._hand_over(chosen == "h2", b"")
+        else:
+            self.shared.add(self)  # until its first bytes say which protocol, so stop() sees it
 
     def data_received(self, data: bytes) -> None:
         # Cleartext only: sniff the preface.
@@ -88,11 +90,22 @@ class Dispatcher(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return False
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.shared.remove(self)
+
+    def shutdown(self) -> None:
+        self.abort()  # no request has begun: nothing to finish
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
     def _hand_over(self, h2: bool, data: bytes) -> None:
         assert self.transport is not None
         proto: asyncio.Protocol = H2Protocol(self.shared, self.tls) if h2 else H1Protocol(
             self.shared, self.tls)
         self.transport.set_protocol(proto)
-        proto.connection_made(self.transport)
+        proto.connection_made(self.transport)  # registers itself before this one leaves
+        self.shared.remove(self)
         if data:
             proto.data_received(data)

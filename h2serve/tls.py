@@ -7,6 +7,7 @@ TLS 1.3 suites all qualify. ALPN chooses the protocol; a client that offers no A
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Sequence
 
@@ -23,6 +24,9 @@ def make_ssl_context(cert: str, key: str, alpn: Sequence[str]) -> ssl.SSLContext
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.set_alpn_protocols(list(alpn))
+    for option, path in (("--cert", cert), ("--key", key)):
+        if not os.path.isfile(path):
+            raise ConfigError(f"{option} {path}: no such file")
     try:
         ctx.load_cert_chain(cert, key)
     except FileNotFoundError as e:
