@@ -2,6 +2,7 @@
 
     h2serve [serve] [OPTIONS]     serve the site (the default command)
     h2serve cert [--certs-dir D]  make the development CA and certificate anew
+    h2serve manifest [SITE]       write a push manifest from the site's HTML
 
 Options given on the command line override those of `--config FILE.toml`, which override defaults.
 """
@@ -10,15 +11,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .certs import ensure_dev_certs, trust_hint
 from .config import Config, ConfigError
+from .files import Site
+from .manifest import default_manifest_path, scan_site
 
 DESCRIPTION = """\
 A static-site web server for HTTP/2 (with server push and 103 Early Hints) and HTTP/1.1.
@@ -29,6 +34,7 @@ EPILOG = """\
 commands:
   serve          serve the site (the default)
   cert           make the development CA and certificate under --certs-dir anew
+  manifest       write push_manifest.json from the site's HTML (h2serve manifest --help)
 
 examples:
   h2serve                                   demo site on https://localhost:8443/ (dev certificate)
@@ -72,6 +78,9 @@ def _add_option(parser: argparse.ArgumentParser, f: dataclasses.Field[Any], hint
         if default is not None:
             help_text += f" (default: {default})"
     parser.add_argument(flag, help=help_text, **kwargs)
+    if meta["off_flag"]:
+        parser.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const="",
+                            default=argparse.SUPPRESS, help=f"turn {flag} off")
 
 
 def parse_config(argv: Sequence[str]) -> Config:
@@ -98,10 +107,48 @@ def cert_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def manifest_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="h2serve manifest",
+        description="Write a push manifest from the site's HTML pages: their stylesheets, scripts, "
+                    "<link rel=preload|modulepreload>, images, and the fonts of their local CSS.")
+    parser.add_argument("site", nargs="?", metavar="SITE",
+                        help="a folder served as the whole site (like --root); without it, "
+                             "--templates and --static")
+    parser.add_argument("--templates", default="templates", metavar="DIR",
+                        help="folder of pages (default: templates)")
+    parser.add_argument("--static", default="static", metavar="DIR",
+                        help="folder of assets under /static/ (default: static)")
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help="where to write it, '-' for standard output (default: "
+                             "push_manifest.json at the site root)")
+    args = parser.parse_args(argv)
+    try:
+        config = Config(root=args.site, templates=args.templates, static=args.static)
+        site = Site.from_folders(root=config.root, templates=config.templates, static=config.static)
+    except ConfigError as e:
+        print(f"h2serve manifest: error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(scan_site(site), indent=2) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    out = Path(args.output) if args.output else default_manifest_path(config)
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as e:
+        print(f"h2serve manifest: error: cannot write {out}: {e.strerror}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "cert":
         return cert_command(argv[1:])
+    if argv and argv[0] == "manifest":
+        return manifest_command(argv[1:])
     if argv and argv[0] == "serve":
         argv = argv[1:]
     try:

@@ -8,7 +8,9 @@ help text in `metadata`, so adding an option is one edit here and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,15 @@ class ConfigError(Exception):
     """A setting that cannot work; the message says which and what to fix."""
 
 
-def option(default: Any, help: str, *, metavar: str | None = None, list_sep: str | None = None) -> Any:
+def option(default: Any, help: str, *, metavar: str | None = None, list_sep: str | None = None,
+           off_flag: bool = False) -> Any:
     """A dataclass field with the help text the CLI shows for it.
 
     `list_sep` marks list options given once with separators (`--alpn h2,http/1.1`); other list
-    options repeat (`--bind A --bind B`).
+    options repeat (`--bind A --bind B`). `off_flag` gives a text option a `--no-NAME` that sets it
+    to "" (off), as in `--push-cookie NAME` / `--no-push-cookie`.
     """
-    meta = {"help": help, "metavar": metavar, "list_sep": list_sep}
+    meta = {"help": help, "metavar": metavar, "list_sep": list_sep, "off_flag": off_flag}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -32,6 +36,7 @@ def option(default: Any, help: str, *, metavar: str | None = None, list_sep: str
 
 ALPN_PROTOCOLS = ("h2", "http/1.1")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EARLY_HINTS = ("off", "h2", "all")
 
 
 @dataclass
@@ -73,6 +78,25 @@ class Config:
         32768, "largest request header block accepted (SETTINGS_MAX_HEADER_LIST_SIZE, and "
         "the HTTP/1.1 header limit)", metavar="BYTES")
     server_name: str = option("h2serve", "value of the Server response header", metavar="TEXT")
+    push: bool = option(True, "push the push map's resources to HTTP/2 clients that allow push")
+    push_manifest: str | None = option(
+        None, "the push map (default: push_manifest.json in --root, else beside --templates, "
+        "if it exists)", metavar="JSON")
+    push_all_pages: bool = option(
+        False, "push a flat push map with every HTML page, not only the index page")
+    auto_push: bool = option(
+        False, "derive the push map from the pages' HTML (stylesheets, scripts, preloads, fonts, "
+        "images) instead of reading a manifest")
+    push_cookie: str = option(
+        "h2push", "cookie remembering what a client was pushed, so it is not pushed again",
+        metavar="NAME", off_flag=True)
+    preload_links: bool = option(
+        True, "send Link: rel=preload headers for the push map's resources with each page")
+    early_hints: str = option(
+        "h2", "send a 103 Early Hints with the preload links before the page: off, h2, or all "
+        "(all adds HTTP/1.1, where old clients may choke)", metavar="WHEN")
+    reload: bool = option(
+        False, "re-read the push map when it changes (SIGHUP always re-reads it)")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,14 +110,19 @@ class Config:
             raise ConfigError("--alpn: name at least one of h2, http/1.1")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"--log-level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+        if self.early_hints not in EARLY_HINTS:
+            raise ConfigError(f"--early-hints: {self.early_hints!r} is not one of {', '.join(EARLY_HINTS)}")
         if (self.cert is None) != (self.key is None):
             raise ConfigError("--cert and --key go together: give both, or neither for a dev certificate")
+        for flag, path in (("--cert", self.cert), ("--key", self.key)):
+            if path is not None and not os.path.exists(path):
+                raise ConfigError(f"{flag} {path}: no such file")
         if not self.bind and not self.h2c_bind:
             raise ConfigError("nothing to serve on: give --bind or --h2c-bind")
         for addr in [*self.bind, *self.h2c_bind]:
             parse_address(addr)
         if not 1 <= self.max_concurrent_streams <= 2**31 - 1:
-            raise ConfigError("--max-concurrent-streams must be at least 1")
+            raise ConfigError("--max-concurrent-streams must be between 1 and 2147483647")
         if not 1 <= self.initial_window_size <= 2**31 - 1:
             raise ConfigError("--initial-window-size must be between 1 and 2147483647")
         if self.max_header_list_size < 1024:
@@ -111,12 +140,16 @@ class Config:
             raise ConfigError(f"--config {path}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
+        hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in data.items():
             name = key.replace("-", "_")
             if name not in names:
                 raise ConfigError(f"--config {path}: unknown option {key!r}")
+            expected = _type_problem(hints[name], value)
+            if expected is not None:
+                raise ConfigError(f"--config {path}: {key} must be {expected}, not {value!r}")
             values[name] = value
         values.update(overrides)
         try:
@@ -125,10 +158,27 @@ class Config:
             raise ConfigError(f"--config {path}: {e}") from None
 
 
+def _type_problem(hint: Any, value: Any) -> str | None:
+    """What a TOML value should have been for a field of type `hint`, or None if it fits."""
+    if typing.get_origin(hint) is list:
+        ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
+        return None if ok else "a list of strings"
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
+    return None if isinstance(value, str) else "a string"
+
+
 def parse_address(addr: str) -> tuple[str, int]:
     """Split `HOST:PORT` (IPv6 as `[::1]:PORT`); port 0 asks the OS for a free one."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"bad address {addr!r}: expected HOST:PORT, e.g. localhost:8443")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host or "[" in host or "]" in host:
+        raise ConfigError(f"bad address {addr!r}: write an IPv6 host in brackets, e.g. [::1]:8443")
+    return host or "0.0.0.0", int(port)

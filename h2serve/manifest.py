@@ -1,0 +1,262 @@
+"""Push manifests: reading `push_manifest.json`, and deriving one from the site's own HTML.
+
+Two shapes are in use (flask-http2-push, the http2-push-manifest tool):
+
+    flat:     {"/static/app.css": {"type": "style", "weight": 1}, ...}
+    by page:  {"index.html": {...flat map...}, "/about.html": {...}}
+
+A flat map belongs to the index page (and to every page with `--push-all-pages`). Page keys may
+have a leading slash or not, and name the page by URL or by file (`index.html` is `/`). Both pages
+and resources are resolved through the site itself, so a key means exactly what a request for it
+would be answered with, and a resource that does not exist is an error at startup, not a broken push.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+from .config import Config, ConfigError
+from .files import BadTarget, FileEntry, Site, split_target
+
+# Manifest `type` -> preload `as=` value.
+TYPES = {"script": "script", "style": "style", "font": "font", "image": "image",
+         "document": "document", "fetch": "fetch"}
+# What a derived manifest gives each type: render-blocking first, images last.
+DEFAULT_WEIGHTS = {"style": 256, "script": 192, "font": 128, "fetch": 64, "document": 64, "image": 32}
+EXTENSION_TYPES = {".css": "style", ".js": "script", ".mjs": "script", ".woff2": "font",
+                   ".woff": "font", ".ttf": "font", ".otf": "font", ".json": "fetch",
+                   ".html": "document", ".png": "image", ".jpg": "image", ".jpeg": "image",
+                   ".gif": "image", ".svg": "image", ".webp": "image", ".avif": "image"}
+
+
+@dataclass(frozen=True, slots=True)
+class PushEntry:
+    """One resource to push (and to announce with Link: rel=preload)."""
+
+    path: str
+    type: str
+    weight: int
+
+    @property
+    def link(self) -> bytes:
+        """The Link header value; fonts and fetches are CORS requests, so they say crossorigin."""
+        cors = "; crossorigin" if self.type in ("font", "fetch") else ""
+        return f"<{self.path}>; rel=preload; as={TYPES[self.type]}{cors}".encode()
+
+
+@dataclass(frozen=True)
+class PushMap:
+    """Entries per page, keyed by the page's file; `fallback` applies to every other HTML page."""
+
+    pages: dict[str, tuple[PushEntry, ...]]
+    fallback: tuple[PushEntry, ...] = ()
+    source: str = ""
+
+    def entries_for(self, page: FileEntry) -> tuple[PushEntry, ...]:
+        found = self.pages.get(page.path)
+        if found is not None:
+            return found
+        return self.fallback if page.path.endswith((".html", ".htm")) else ()
+
+    def __len__(self) -> int:
+        return len({e.path for entries in self.pages.values() for e in entries}
+                   | {e.path for e in self.fallback})
+
+
+EMPTY = PushMap({})
+
+
+def load_manifest(path: str | Path, site: Site, *, all_pages: bool = False) -> PushMap:
+    """Read and check a manifest; raises ConfigError naming the file, the key and the fault."""
+    name = str(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"{name}: cannot read push manifest ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{name}: not valid JSON ({e})") from None
+    return build_map(data, site, name, all_pages=all_pages)
+
+
+def build_map(data: object, site: Site, name: str, *, all_pages: bool = False) -> PushMap:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: a push manifest is a JSON object")
+    index = _page_file(site, "/", name)
+    if _is_flat(data):
+        entries = _entries(data, site, name, "")
+        return PushMap({index: entries} if index else {}, entries if all_pages else (), name)
+    pages: dict[str, tuple[PushEntry, ...]] = {}
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: key {key!r}: expected a map of resources")
+        page = _page_file(site, key, name)
+        if page is None:
+            raise ConfigError(f"{name}: key {key!r}: no such page in the site")
+        pages[page] = _entries(value, site, name, f"{key} -> ")
+    return PushMap(pages, (), name)
+
+
+def _is_flat(data: dict[str, object]) -> bool:
+    """Flat when the values describe resources (`type`/`weight`) rather than pages' maps."""
+    return any(isinstance(v, dict) and ("type" in v or "weight" in v) for v in data.values())
+
+
+def _entries(data: dict[str, object], site: Site, name: str, where: str) -> tuple[PushEntry, ...]:
+    entries = []
+    for key, spec in data.items():
+        at = f"{name}: key {where}{key!r}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{at}: expected {{\"type\": ..., \"weight\": ...}}")
+        path = key if key.startswith("/") else "/" + key
+        if _lookup(site, path) is None:
+            raise ConfigError(f"{at}: no such file in the site")
+        kind = spec.get("type") or EXTENSION_TYPES.get(os.path.splitext(path)[1].lower(), "")
+        if kind not in TYPES:
+            raise ConfigError(f"{at}: type {spec.get('type')!r} is not one of {', '.join(TYPES)}")
+        weight = spec.get("weight", 1)
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 256:
+            raise ConfigError(f"{at}: weight {weight!r} is not a whole number from 1 to 256")
+        entries.append(PushEntry(path, kind, weight))
+    return tuple(sorted(entries, key=lambda e: -e.weight))  # stable: manifest order within a weight
+
+
+def _page_file(site: Site, key: str, name: str) -> str | None:
+    url = key if key.startswith("/") else "/" + key
+    if url == "/index.html":
+        url = "/"
+    entry = _lookup(site, url)
+    return entry.path if entry is not None else None
+
+
+def _lookup(site: Site, url: str) -> FileEntry | None:
+    try:
+        return site.lookup(split_target(url.encode()))
+    except (BadTarget, UnicodeEncodeError):
+        return None
+
+
+# -- deriving a manifest from the HTML ---------------------------------------------------------
+
+
+class _AssetParser(HTMLParser):
+    """Collects (url, type) of what a page needs, in document order."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        rels = set(a.get("rel", "").lower().split())
+        if tag == "link" and a.get("href"):
+            if "stylesheet" in rels:
+                self.found.append((a["href"], "style"))
+            elif "modulepreload" in rels:
+                self.found.append((a["href"], "script"))
+            elif "preload" in rels and a.get("as", "").lower() in TYPES:
+                self.found.append((a["href"], a["as"].lower()))
+        elif tag == "script" and a.get("src"):
+            self.found.append((a["src"], "script"))
+        elif tag == "img" and a.get("src"):
+            self.found.append((a["src"], "image"))
+
+
+FONT_FACE = re.compile(r"@font-face\s*{([^}]*)}", re.IGNORECASE)
+CSS_URL = re.compile(r"url\(\s*['\"]?([^'\")]+)['\"]?\s*\)")
+
+
+def scan_site(site: Site) -> dict[str, dict[str, dict[str, object]]]:
+    """A manifest keyed by page URL, from every HTML page of the site (404.html aside)."""
+    manifest: dict[str, dict[str, dict[str, object]]] = {}
+    for url in _page_urls(site):
+        entries = scan_page(site, url)
+        if entries:
+            manifest[url] = {e.path: {"type": e.type, "weight": e.weight} for e in entries}
+    return manifest
+
+
+def _page_urls(site: Site) -> list[str]:
+    mount = next(m for m in site.mounts if not m.prefix)
+    urls = []
+    for file in sorted(mount.root.rglob("*.html")):
+        rel = file.relative_to(mount.root).as_posix()
+        if rel == "404.html" or any(part.startswith(".") for part in file.parts):
+            continue
+        urls.append("/" if rel == "index.html" else "/" + rel)
+    return sorted(urls, key=lambda u: (u != "/", u))  # the index page first
+
+
+def scan_page(site: Site, url: str) -> list[PushEntry]:
+    """What one page needs: its stylesheets, scripts, preloads and images, plus the fonts of its
+    local stylesheets, in document order, each once."""
+    page = _lookup(site, url)
+    if page is None:
+        return []
+    parser = _AssetParser()
+    parser.feed(Path(page.path).read_text(encoding="utf-8", errors="replace"))
+    out: dict[str, PushEntry] = {}
+    for ref, kind in parser.found:
+        path = _local_path(url, ref)
+        if path is None or path in out or _lookup(site, path) is None:
+            continue
+        out[path] = PushEntry(path, kind, DEFAULT_WEIGHTS[kind])
+        if kind == "style":
+            for font in _css_fonts(site, path):
+                out.setdefault(font, PushEntry(font, "font", DEFAULT_WEIGHTS["font"]))
+    return list(out.values())
+
+
+def _css_fonts(site: Site, css_path: str) -> list[str]:
+    entry = _lookup(site, css_path)
+    if entry is None:
+        return []
+    text = Path(entry.path).read_text(encoding="utf-8", errors="replace")
+    fonts = []
+    for block in FONT_FACE.findall(text):
+        for ref in CSS_URL.findall(block):
+            path = _local_path(css_path, ref)
+            if path is not None and _lookup(site, path) is not None:
+                fonts.append(path)
+    return fonts
+
+
+def _local_path(base: str, ref: str) -> str | None:
+    """The same-origin path a reference names, or None (other origins, data: URLs)."""
+    parts = urlsplit(urljoin(base, ref.strip()))
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return None
+    return parts.path
+
+
+def derive_map(site: Site) -> PushMap:
+    """The push map `--auto-push` uses: what `scan_site` would write, without the file."""
+    return build_map(scan_site(site), site, "(derived from the site's HTML)")
+
+
+def default_manifest_path(config: Config) -> Path:
+    """push_manifest.json at the site root: the --root folder, or the folder holding --templates."""
+    if config.root is not None:
+        return Path(config.root) / "push_manifest.json"
+    return Path(config.templates).resolve().parent / "push_manifest.json"
+
+
+def push_map_for(config: Config, site: Site) -> PushMap:
+    """The push map the configuration asks for; ConfigError if a manifest is broken.
+
+    An explicit --push-manifest must exist; the default one is optional.
+    """
+    if config.auto_push:
+        return derive_map(site)
+    if config.push_manifest is not None:
+        return load_manifest(config.push_manifest, site, all_pages=config.push_all_pages)
+    path = default_manifest_path(config)
+    if not path.is_file():
+        return EMPTY
+    return load_manifest(path, site, all_pages=config.push_all_pages)
