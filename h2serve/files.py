@@ -183,14 +183,14 @@ class Site:
         since it was looked up); the entry is then forgotten, so a new lookup sees the change."""
         headers = self.base_headers(content_type(entry.path), entry.size)
         if method == "HEAD":
-            return Response(status, headers, None)
+            return Response(status, headers, None, entry)
         if entry.data is not None:
-            return Response(status, headers, BytesBody(entry.data))
+            return Response(status, headers, BytesBody(entry.data), entry)
         fd = _open_same(entry.path, entry.dev, entry.ino)
         if fd is None:
             self._forget(entry.path)
             return None
-        return Response(status, headers, FileBody(fd, 0, entry.size))
+        return Response(status, headers, FileBody(fd, 0, entry.size), entry)
 
     def base_headers(self, ctype: bytes, length: int) -> Headers:
         return [

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from .accesslog import client_host
+from .push import Client
 from .response import Body, Response
 
 if TYPE_CHECKING:
@@ -134,18 +135,35 @@ class H1Protocol(asyncio.Protocol):
             return
         try:
             response = self.shared.site.respond(method, request.target)
+            hints = self._apply_plan(request, response)
         except Exception:
             log.exception("error answering %s %s", method, target)
-            response = self.shared.site.error(500, method)
+            response, hints = self.shared.site.error(500, method), b""
         self.entry = (method, target, protocol, response.status, referer, user_agent)
-        self.send_response(response)
+        self.send_response(response, hints)
 
-    def send_response(self, response: Response) -> None:
-        """Send the head (and a small body) in one write; a large body is pumped after."""
+    def _apply_plan(self, request: h11.Request, response: Response) -> bytes:
+        """Add the push map's preload links to a page answer; return the 103 to send first, if
+        Early Hints are on for HTTP/1.1 (never to an HTTP/1.0 client, RFC 9110 section 15.2)."""
+        if request.method != b"GET" or response.status != 200 or response.file is None:
+            return b""
+        host = next((v for n, v in request.headers if n == b"host"), b"")
+        client = Client("http/1.1", "https" if self.tls else "http", host, request.headers)
+        plan = self.shared.pusher.plan(response.file, client)
+        if plan is None:
+            return b""
+        response.headers.extend(plan.links)
+        if plan.early_hints and plan.links and request.http_version == b"1.1":
+            return self.conn.send(h11.InformationalResponse(status_code=103, headers=plan.links))
+        return b""
+
+    def send_response(self, response: Response, hints: bytes = b"") -> None:
+        """Send the head (and a small body) in one write, after `hints` (a 103) if given; a large
+        body is pumped after."""
         headers = response.headers
         if self.shared.closing:
             headers = [*headers, (b"connection", b"close")]
-        out = self.conn.send(h11.Response(status_code=response.status, headers=headers))
+        out = hints + self.conn.send(h11.Response(status_code=response.status, headers=headers))
         self.sent = 0
         body = response.body
         if body is not None and body.remaining <= CHUNK:

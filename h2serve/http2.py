@@ -33,6 +33,7 @@ from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from .accesslog import client_host
+from .push import Client, PushPlan
 from .response import Body, Response
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ FLUSH_BYTES = 256 * 1024          # write out what is queued once this much has 
 WRITE_BUFFER_HIGH = 512 * 1024    # transport buffer above which we stop producing frames
 SHUTDOWN_PING = b"h2s-shut"
 SHUTDOWN_PING_WAIT = 2.0          # seconds to wait for the PING ACK before the final GOAWAY
+MAX_PUSHES_PER_PAGE = 100        # a bound of our own, whatever the client allows
 STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
 
 
@@ -131,6 +133,8 @@ class H2Protocol(asyncio.Protocol):
         self.peer_goaway = False
         self.shutting_down = False
         self.last_stream: int | None = None    # set by our final GOAWAY: streams above are refused
+        self.pushed: set[str] = set()          # paths pushed on this connection: never twice
+        self.scheme = "https" if tls else "http"
         self._shutdown_timer: asyncio.TimerHandle | None = None
         self._queued = 0
         self._handlers = {
@@ -199,13 +203,17 @@ class H2Protocol(asyncio.Protocol):
         if self.last_stream is not None and sid > self.last_stream:
             self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
+        headers = event.headers or []
         method = target = ""
+        authority = b""
         referer = user_agent = None
-        for name, value in event.headers or ():
+        for name, value in headers:
             if name == b":method":
                 method = value.decode("latin-1")
             elif name == b":path":
                 target = value.decode("latin-1")
+            elif name == b":authority" or (name == b"host" and not authority):
+                authority = value
             elif name == b"user-agent":
                 user_agent = value.decode("latin-1")
             elif name == b"referer":
@@ -213,11 +221,57 @@ class H2Protocol(asyncio.Protocol):
         stream = _Stream(sid, method, target, referer, user_agent, event.stream_ended is not None)
         try:
             response = self.shared.site.respond(method, target.encode("latin-1"))
+            plan = self._push_plan(method, response, authority, headers)
         except Exception:
             log.exception("error answering %s %s", method, target)
             self.conn.reset_stream(sid, ErrorCodes.INTERNAL_ERROR)
             return
+        if plan is None:
+            self.send_response(stream, response)
+        else:
+            self._send_with_plan(stream, response, plan)
+
+    # -- push ------------------------------------------------------------------------------------
+
+    def _push_plan(self, method: str, response: Response, authority: bytes,
+                   headers: list[tuple[bytes, bytes]]) -> PushPlan | None:
+        """Ask push.py what goes with this answer: only a 200 to a GET of a file can have a plan."""
+        if method != "GET" or response.status != 200 or response.file is None:
+            return None
+        return self.shared.pusher.plan(response.file, Client(
+            "h2", self.scheme, authority, headers, self._push_slots(), self.pushed))
+
+    def _push_slots(self) -> int:
+        """How many pushes the client takes now: none if it refuses push or the connection is
+        closing; otherwise what its SETTINGS_MAX_CONCURRENT_STREAMS leaves room for."""
+        remote = self.conn.remote_settings
+        if (not remote.enable_push or self.peer_goaway or self.shutting_down
+                or self.shared.closing):
+            return 0
+        return max(0, min(remote.max_concurrent_streams, MAX_PUSHES_PER_PAGE)
+                   - self.conn.open_outbound_streams)
+
+    def _send_with_plan(self, stream: _Stream, response: Response, plan: PushPlan) -> None:
+        """103 (if hinted), every PUSH_PROMISE, the page's HEADERS, then the pushed responses
+        (RFC 9113 section 8.4: promises precede the frames that refer to the promised resources)."""
+        sid = stream.id
+        if plan.early_hints and plan.links:
+            self.conn.send_headers(sid, [(b":status", b"103"), *plan.links])
+        promised = []
+        for promise in plan.promises:
+            pid = self.conn.get_next_available_stream_id()
+            self.conn.push_stream(sid, pid, promise.headers)
+            self.pushed.add(promise.entry.path)
+            promised.append((pid, promise))
+        response.headers.extend(plan.links)
+        if plan.set_cookie is not None:
+            response.headers.append((b"set-cookie", plan.set_cookie))
         self.send_response(stream, response)
+        for pid, promise in promised:
+            path = promise.entry.path
+            pushed = _Stream(pid, "GET", path, stream.target, stream.user_agent, True)
+            # The same handler as any request for that path: same status, headers and bytes.
+            self.send_response(pushed, self.shared.site.respond("GET", path.encode()))
 
     def send_response(self, stream: _Stream, response: Response) -> None:
         """Send the HEADERS now and queue the body to go out as windows allow."""

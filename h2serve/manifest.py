@@ -260,3 +260,29 @@ def push_map_for(config: Config, site: Site) -> PushMap:
     if not path.is_file():
         return EMPTY
     return load_manifest(path, site, all_pages=config.push_all_pages)
+
+
+def push_map_sources(config: Config, site: Site) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime_ns, size) of the files the push map is made from, to notice a change."""
+    if config.auto_push:
+        mount = next(m for m in site.mounts if not m.prefix)
+        paths = [*mount.root.rglob("*.html"), *(m.root for m in site.mounts)]
+        for m in site.mounts:
+            paths.extend(m.root.rglob("*.css"))
+    else:
+        paths = [Path(config.push_manifest) if config.push_manifest else default_manifest_path(config)]
+    out = []
+    for path in sorted(paths):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+def describe_map(pmap: PushMap) -> str:
+    """For the startup line: where the push map came from and how much it holds."""
+    if not pmap.pages and not pmap.fallback:
+        return "no push map"
+    return f"push map {pmap.source} ({len(pmap.pages)} pages, {len(pmap)} resources)"

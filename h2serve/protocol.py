@@ -17,6 +17,7 @@ from .config import Config
 from .files import Site
 from .http1 import H1Protocol
 from .http2 import H2Protocol
+from .push import Pusher
 from .tls import negotiated_protocol
 
 log = logging.getLogger("h2serve")
@@ -41,6 +42,7 @@ class Shared:
     config: Config
     site: Site
     access_log: AccessLog
+    pusher: Pusher
     connections: set[Connection] = field(default_factory=set)
     closing: bool = False
     drained: asyncio.Event = field(default_factory=asyncio.Event)

@@ -11,7 +11,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .files import FileEntry
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -89,6 +92,7 @@ class Response:
     status: int
     headers: Headers = field(default_factory=list)
     body: Body | None = None
+    file: FileEntry | None = None  # the file answered with, for what depends on it (push plans)
 
     @property
     def content_length(self) -> int:

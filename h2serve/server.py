@@ -22,7 +22,9 @@ from .accesslog import AccessLog
 from .certs import ensure_dev_certs, trust_hint
 from .config import Config, ConfigError, parse_address
 from .files import Site
+from .manifest import describe_map, push_map_for, push_map_sources
 from .protocol import Dispatcher, Shared
+from .push import Pusher
 from .tls import make_ssl_context
 
 log = logging.getLogger("h2serve")
@@ -72,7 +74,10 @@ class Server:
             access_log = AccessLog.open(cfg.access_log)
         except OSError as e:
             raise ConfigError(f"--access-log {cfg.access_log}: {e.strerror}") from None
-        self.shared = Shared(cfg, site, access_log)
+        pusher = Pusher(site, push_map_for(cfg, site), push=cfg.push,
+                        preload_links=cfg.preload_links, early_hints=cfg.early_hints,
+                        cookie_name=cfg.push_cookie or None)
+        self.shared = Shared(cfg, site, access_log, pusher)
         try:
             for addr in cfg.bind:
                 await self._listen(addr, ssl_ctx)
@@ -113,6 +118,29 @@ class Server:
             bound_port = sock.getsockname()[1]
             self.listeners.append(Listener("https" if tls else "http", host, bound_port))
 
+    def reload_push_map(self) -> bool:
+        """Read the push map again (SIGHUP, --reload); a broken one is reported and the old kept."""
+        assert self.shared is not None
+        try:
+            new = push_map_for(self.config, self.shared.site)
+        except ConfigError as e:
+            log.error("push map not reloaded, keeping the old one: %s", e)
+            return False
+        self.shared.pusher.map = new
+        log.info("push map reloaded: %s", describe_map(new))
+        return True
+
+    async def watch_push_map(self, interval: float = 1.0) -> None:
+        """Reload the push map whenever the files it comes from change (--reload)."""
+        assert self.shared is not None
+        seen = push_map_sources(self.config, self.shared.site)
+        while True:
+            await asyncio.sleep(interval)
+            now = push_map_sources(self.config, self.shared.site)
+            if now != seen:
+                seen = now
+                self.reload_push_map()
+
     async def stop(self, timeout: float | None = None, force: asyncio.Event | None = None) -> None:
         """Stop accepting, send GOAWAY, give in-flight responses `timeout` seconds, then close.
 
@@ -142,7 +170,8 @@ class Server:
             protocols = ", ".join(cfg.alpn) if x.scheme == "https" else "h2c, http/1.1"
             seen.setdefault(x.url, protocols)
         where = "; ".join(f"{url} ({protocols})" for url, protocols in seen.items())
-        return f"h2serve {__version__} serving {what} on {where}"
+        pushes = describe_map(self.shared.pusher.map) if self.shared else "no push map"
+        return f"h2serve {__version__} serving {what} on {where}; {pushes}"
 
 
 async def _wait_any(event: asyncio.Event, other: asyncio.Event | None, timeout: float) -> None:
@@ -173,6 +202,8 @@ async def serve(config: Config) -> None:
     # Handlers first, then the startup line: whoever waits for that line may signal at once.
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_push_map)
+    watcher = asyncio.ensure_future(server.watch_push_map()) if config.reload else None
     log.info("%s", server.describe())
     if server.ca_file is not None:
         log.info("clients can verify the development certificate with %s", server.ca_file)
@@ -180,7 +211,9 @@ async def serve(config: Config) -> None:
         await stop.wait()
         await server.stop(force=force)
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        if watcher is not None:
+            watcher.cancel()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(Exception):
                 loop.remove_signal_handler(signum)
     log.info("stopped")

@@ -92,6 +92,8 @@ def make_server(certs: DevCerts, tmp_path: Path) -> Iterator[Callable[..., Runni
     started: list[RunningServer] = []
 
     def start(**options: Any) -> RunningServer:
+        if {"root", "templates", "static"} & options.keys() and "push_manifest" not in options:
+            options["push_manifest"] = _empty_manifest(tmp_path)  # the demo's map names demo files
         options.setdefault("bind", ["127.0.0.1:0"])
         options.setdefault("h2c_bind", ["127.0.0.1:0"])
         options.setdefault("cert", str(certs.cert))
@@ -149,6 +151,13 @@ def open_tls(port: int, ca_file: str, alpn: list[str] | None = ("h2",),  # type:
     return ctx.wrap_socket(raw, server_hostname="localhost")
 
 
+def _empty_manifest(directory: Path) -> str:
+    """An empty push map, for servers whose site is not the demo site."""
+    path = directory / "empty_push_manifest.json"
+    path.write_text("{}")
+    return str(path)
+
+
 @dataclass
 class ServerProcess:
     """`python -m h2serve` running in a subprocess."""
@@ -193,13 +202,15 @@ def _drain(stream: Any, lines: list[str]) -> None:
 
 
 @pytest.fixture
-def spawn_server(certs: DevCerts) -> Iterator[Callable[..., ServerProcess]]:
+def spawn_server(certs: DevCerts, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start `python -m h2serve` subprocesses serving the demo site with the test certificate."""
     procs: list[ServerProcess] = []
 
     def spawn(*args: str, cwd: Path | str = REPO) -> ServerProcess:
         base = ["--bind", "127.0.0.1:0", "--cert", str(certs.cert), "--key", str(certs.key),
                 "--templates", str(TEMPLATES), "--static", str(STATIC)]
+        if {"--root", "--templates", "--static"} & set(args) and "--push-manifest" not in args:
+            base += ["--push-manifest", _empty_manifest(tmp_path)]  # the demo's map names demo files
         running = start_process([*base, *args], cwd=cwd)
         procs.append(running)
         return running

@@ -78,7 +78,8 @@ def test_nghttp_verbose_shows_settings_and_status(server):
 def test_nghttp_fetches_page_and_assets(server):
     p = run(["nghttp", "-ans", server.url + "/"])
     assert p.returncode == 0, p.stderr
-    rows = re.findall(r"^\s*\d+\s+\+\S+\s+\+\S+\s+\S+\s+(\d{3})\s+\S+\s+(\S+)$", p.stdout, re.M)
+    # A pushed response is marked with '*' after its responseEnd.
+    rows = re.findall(r"^\s*\d+\s+\+\S+(?: \*)?\s+\+\S+\s+\S+\s+(\d{3})\s+\S+\s+(\S+)$", p.stdout, re.M)
     paths = {path: code for code, path in rows}
     assert paths["/"] == "200"
     for asset in ("/static/css/site.css", "/static/js/site.js", "/static/img/hero.png"):

@@ -1,0 +1,167 @@
+"""What to push, hint and preload with a page: the one place both protocols ask.
+
+`Pusher.plan()` looks at a page answer and the facts of the connection and returns a `PushPlan`:
+which resources to promise (HTTP/2 only), the `Link: rel=preload` headers for the final response,
+whether to send them first in a `103 Early Hints`, and the updated push cookie. The protocol
+adapters only carry the plan out; nothing here touches a socket or a protocol state machine.
+
+Cache-aware push: a client that was pushed a resource gets a cookie holding a 24-bit hash of
+(path, validator) per pushed resource, the newest 200 at most (800 base64 characters). A returning
+client is not pushed what its cookie says it has; when a file changes its validator changes, the hash
+no longer matches, and it is pushed again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .files import FileEntry, Site, split_target
+from .manifest import EMPTY, PushEntry, PushMap
+
+# Request headers that shape a response, copied from the page's request into each promised one.
+COPIED_HEADERS = (b"accept", b"accept-encoding", b"accept-language", b"user-agent", b"cache-control")
+DIGEST_HASH_BYTES = 3
+DIGEST_MAX_ENTRIES = 200
+COOKIE_MAX_AGE = 30 * 24 * 3600
+
+
+class PushDigest:
+    """The set of (path, validator) a client was pushed, as stored in its cookie."""
+
+    def __init__(self, hashes: Iterable[bytes] = ()) -> None:
+        self._hashes: dict[bytes, None] = dict.fromkeys(hashes)  # ordered: oldest first
+
+    @classmethod
+    def from_cookies(cls, cookie_headers: Iterable[bytes], name: str) -> PushDigest:
+        """Read the digest from the request's Cookie header(s); anything malformed counts as empty."""
+        prefix = name.encode() + b"="
+        for header in cookie_headers:
+            for part in header.split(b";"):
+                part = part.strip()
+                if part.startswith(prefix):
+                    return cls._decode(part[len(prefix):])
+        return cls()
+
+    @classmethod
+    def _decode(cls, value: bytes) -> PushDigest:
+        try:
+            raw = base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
+        except ValueError:
+            return cls()
+        n = DIGEST_HASH_BYTES
+        return cls(raw[i:i + n] for i in range(0, len(raw) - len(raw) % n, n))
+
+    @staticmethod
+    def key(path: str, validator: str) -> bytes:
+        return hashlib.blake2b(f"{path}\0{validator}".encode(), digest_size=DIGEST_HASH_BYTES).digest()
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._hashes
+
+    def add(self, key: bytes) -> None:
+        self._hashes.pop(key, None)
+        self._hashes[key] = None
+        while len(self._hashes) > DIGEST_MAX_ENTRIES:
+            del self._hashes[next(iter(self._hashes))]
+
+    def encode(self) -> bytes:
+        return base64.urlsafe_b64encode(b"".join(self._hashes)).rstrip(b"=")
+
+
+@dataclass(slots=True)
+class Promise:
+    """One push to make: the resource and the request headers of its PUSH_PROMISE."""
+
+    entry: PushEntry
+    file: FileEntry
+    headers: list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True)
+class PushPlan:
+    """What to do around one page answer."""
+
+    promises: list[Promise] = field(default_factory=list)
+    links: list[tuple[bytes, bytes]] = field(default_factory=list)  # Link headers: final answer and 103
+    early_hints: bool = False
+    set_cookie: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """The facts of the request and connection that decide a plan."""
+
+    protocol: str                              # "h2" or "http/1.1"
+    scheme: str                                # "https" or "http"
+    authority: bytes
+    headers: list[tuple[bytes, bytes]]         # the page request's headers (names lower-case)
+    push_slots: int = 0                        # pushes allowed now (0: client refuses, or no room)
+    already_pushed: frozenset[str] | set[str] = frozenset()
+
+
+class Pusher:
+    """Push settings and the current push map; `plan()` is called for every page answer."""
+
+    def __init__(self, site: Site, push_map: PushMap = EMPTY, *, push: bool = True,
+                 preload_links: bool = True, early_hints: str = "h2",
+                 cookie_name: str | None = "h2push") -> None:
+        self.site = site
+        self.map = push_map
+        self.push = push
+        self.preload_links = preload_links
+        self.early_hints = early_hints
+        self.cookie_name = cookie_name
+
+    def plan(self, page: FileEntry, client: Client) -> PushPlan | None:
+        """The plan for a 200 answer to a GET of `page`, or None when the map has nothing for it."""
+        entries = self.map.entries_for(page)
+        if not entries:
+            return None
+        plan = PushPlan()
+        if self.preload_links:
+            plan.links = [(b"link", e.link) for e in entries]
+            plan.early_hints = self.early_hints == "all" or (
+                self.early_hints == "h2" and client.protocol == "h2")
+        if self.push and client.protocol == "h2" and client.push_slots > 0:
+            self._promise(plan, entries, client)
+        return plan
+
+    def _promise(self, plan: PushPlan, entries: tuple[PushEntry, ...], client: Client) -> None:
+        digest = self._digest(client)
+        copied = [(n, v) for n, v in client.headers if n in COPIED_HEADERS]
+        base = [(b":method", b"GET"), (b":scheme", client.scheme.encode()),
+                (b":authority", client.authority)]
+        pushed_now: list[bytes] = []
+        for entry in entries:  # highest weight first
+            if len(plan.promises) >= client.push_slots:
+                break
+            if entry.path in client.already_pushed:
+                continue
+            file = self.site.lookup(split_target(entry.path.encode()))
+            if file is None:
+                continue  # removed since the map was loaded
+            key = PushDigest.key(entry.path, file.etag)
+            if digest is not None and key in digest:
+                continue
+            plan.promises.append(
+                Promise(entry, file, [*base, (b":path", entry.path.encode()), *copied]))
+            pushed_now.append(key)
+        if digest is not None and pushed_now:
+            for key in pushed_now:
+                digest.add(key)
+            plan.set_cookie = self._cookie(digest, secure=client.scheme == "https")
+
+    def _digest(self, client: Client) -> PushDigest | None:
+        if self.cookie_name is None:
+            return None
+        return PushDigest.from_cookies((v for n, v in client.headers if n == b"cookie"),
+                                       self.cookie_name)
+
+    def _cookie(self, digest: PushDigest, *, secure: bool) -> bytes:
+        assert self.cookie_name is not None
+        attrs = f"; Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly; SameSite=Lax"
+        return self.cookie_name.encode() + b"=" + digest.encode() + (
+            attrs + ("; Secure" if secure else "")).encode()
