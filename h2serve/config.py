@@ -78,6 +78,16 @@ class Config:
         32768, "largest request header block accepted (SETTINGS_MAX_HEADER_LIST_SIZE, and "
         "the HTTP/1.1 header limit)", metavar="BYTES")
     server_name: str = option("h2serve", "value of the Server response header", metavar="TEXT")
+    list_dirs: bool = option(False, "list the files of a folder that has no index.html")
+    serve_dotfiles: bool = option(
+        False, "serve files and folders whose names start with a dot (/.well-known/ always is)")
+    html_cache_control: str = option(
+        "no-cache", "Cache-Control of HTML pages", metavar="VALUE")
+    static_cache_control: str = option(
+        "public, max-age=3600", "Cache-Control of other files", metavar="VALUE")
+    immutable_cache_control: str = option(
+        "public, max-age=31536000, immutable",
+        "Cache-Control of files with a content hash in their name (app.3f9a1c2e.js)", metavar="VALUE")
     push: bool = option(True, "push the push map's resources to HTTP/2 clients that allow push")
     push_manifest: str | None = option(
         None, "the push map (default: push_manifest.json in --root, else beside --templates, "

@@ -1,31 +1,39 @@
-"""The static site: from a request target to a `Response`, with no sockets in sight.
+"""The static site: from a request to a `Response`, with no sockets in sight.
 
-One handler answers every request, whichever protocol carried it (and, later, every pushed one), so
-the same path always gets the same status, headers and bytes.
+One handler answers every request, whichever protocol carried it, and every pushed one, so the same
+path always gets the same status, headers and bytes. For a file it picks the representation (a
+content coding the client accepts: a precompressed sibling, or compressed here and cached), then
+evaluates the preconditions against that representation's validators (304, 412), then the range
+(206, 416), and says how long caches may keep it.
 
 Containment is decided twice, on purpose: the target is decoded and checked segment by segment
-(no `.`/`..`, no encoded slash, backslash, NUL or control characters), and the file finally opened
-must resolve (symlinks followed) to a place inside the root it was looked up in. A file is opened by
-name and then checked to be the very file (device and inode) that lookup vetted, so a file swapped
-for a symlink to the outside after its lookup was cached is never served.
+(no `.`/`..`, no encoded slash, backslash, NUL or control characters; no dotfiles unless asked),
+and the file finally opened must resolve, symlinks followed, to a place inside the root it was
+looked up in, and still be the very file (device and inode) that lookup vetted (`filecache.py`).
 """
 
 from __future__ import annotations
 
+import html
 import os
-import stat
-import time
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
+from . import coding
+from .conditional import UNSATISFIABLE, Validators, byte_range, evaluate
 from .config import ConfigError
+from .filecache import FileCache, FileEntry, open_entry
 from .response import BytesBody, FileBody, Headers, Response, http_date
 
 ALLOW = b"GET, HEAD"
-SMALL_FILE = 64 * 1024          # files up to this size are kept in memory
-CACHE_BYTES = 32 * 1024 * 1024  # total bytes of small files kept
-REVALIDATE = 1.0                # seconds a cached stat is trusted before looking again
+# Request headers the handler reads; everything else is passed over.
+CONSULTED = frozenset({b"accept-encoding", b"range", b"if-range", b"if-match", b"if-none-match",
+                       b"if-modified-since", b"if-unmodified-since"})
+# A content hash in the file name (app.3f9a1c2e.js, main-8c1d2e3f4a.css): the name changes with
+# the content, so caches may keep it for good.
+FINGERPRINT = re.compile(r"[.-](?=[0-9A-Za-z_]*[0-9])[0-9A-Za-z_]{8,}\.[0-9A-Za-z]+$")
 
 TEXT_TYPES = {
     ".html": "text/html", ".htm": "text/html", ".css": "text/css", ".txt": "text/plain",
@@ -114,50 +122,60 @@ class Mount:
     pages: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How files are served beyond finding them: caching headers, listings, dotfiles."""
+
+    html_cache: str = "no-cache"
+    static_cache: str = "public, max-age=3600"
+    immutable_cache: str = "public, max-age=31536000, immutable"
+    list_dirs: bool = False
+    dotfiles: bool = False
+
+
 @dataclass(slots=True)
-class FileEntry:
-    """What the cache knows of one resolved file."""
+class Redirect:
+    """A folder asked for without its trailing slash."""
+
+    location: str
+
+
+@dataclass(slots=True)
+class Listing:
+    """A folder without index.html, listed because --list-dirs is on."""
 
     path: str
-    size: int
-    mtime_ns: int
-    dev: int
-    ino: int
-    checked: float
-    data: bytes | None  # the contents, for small files
-
-    @property
-    def etag(self) -> str:
-        """A strong validator: changes whenever the file's size or modification time does."""
-        return f'"{self.size:x}-{self.mtime_ns:x}"'
+    root: Path
 
 
 class Site:
     """The files of one site and the one handler that answers requests for them."""
 
-    def __init__(self, mounts: list[Mount], server_name: str, not_found: Path | None) -> None:
+    def __init__(self, mounts: list[Mount], server_name: str, not_found: Path | None,
+                 policy: Policy | None = None) -> None:
         # Longest prefix first, so /static/... wins over the pages mount at /.
         self.mounts = sorted(mounts, key=lambda m: len(m.prefix), reverse=True)
         self.server = server_name.encode()
         self.not_found_page = not_found
-        self._entries: dict[str, FileEntry] = {}
-        self._cached_bytes = 0
+        self.policy = policy or Policy()
+        self.cache = FileCache()
+        self.compressed = coding.CompressionCache()
 
     @classmethod
     def from_folders(cls, *, root: str | None, templates: str, static: str,
-                     server_name: str = "h2serve") -> Site:
+                     server_name: str = "h2serve", policy: Policy | None = None) -> Site:
         """The standard layouts: one `root` folder, or `templates/` at / and `static/` at /static/."""
         if root is not None:
             base = _existing_dir(root, "--root")
-            return cls([Mount((), base, pages=True)], server_name, base / "404.html")
+            return cls([Mount((), base, pages=True)], server_name, base / "404.html", policy)
         pages = _existing_dir(templates, "--templates")
         assets = _existing_dir(static, "--static")
         mounts = [Mount((), pages, pages=True), Mount(("static",), assets, pages=False)]
-        return cls(mounts, server_name, pages / "404.html")
+        return cls(mounts, server_name, pages / "404.html", policy)
 
     # -- the handler -----------------------------------------------------------------------
 
-    def respond(self, method: str, target: bytes) -> Response:
+    def respond(self, method: str, target: bytes, headers: Headers | None = None) -> Response:
         """Answer one request. Never raises for bad input: that is a 4xx answer."""
         if method not in ("GET", "HEAD"):
             return self.error(405, method, extra=[(b"allow", ALLOW)])
@@ -165,156 +183,190 @@ class Site:
             segments = split_target(target)
         except BadTarget:
             return self.error(400, method)
+        if not self.policy.dotfiles and _hidden(segments):
+            return self.error(404, method)
+        consulted = _consulted(headers)
         for _ in range(2):  # a file replaced since its lookup was cached is looked up again, once
-            entry = self.lookup(segments)
-            if entry is None:
+            found = self.resolve(segments, target)
+            if isinstance(found, Redirect):
+                return self.redirect(found.location, method)
+            if isinstance(found, Listing):
+                return self.listing(found, target, method)
+            if found is None:
                 break
-            response = self._file_response(entry, method, 200)
+            response = self.file_response(found, method, consulted)
             if response is not None:
                 return response
         return self.error(404, method)
 
-    def file_response(self, entry: FileEntry, method: str, status: int = 200) -> Response:
-        """The answer for a looked-up file; 404 if it is no longer the file `entry` describes."""
-        return self._file_response(entry, method, status) or self.error(404, method)
-
-    def _file_response(self, entry: FileEntry, method: str, status: int) -> Response | None:
-        """None if the file on disk is no longer the one `entry` describes (replaced or removed
-        since it was looked up); the entry is then forgotten, so a new lookup sees the change."""
-        headers = self.base_headers(content_type(entry.path), entry.size)
+    def file_response(self, entry: FileEntry, method: str,
+                      request: dict[bytes, bytes]) -> Response | None:
+        """The answer for a looked-up file; None if it is no longer the file `entry` describes."""
+        ctype = content_type(entry.path)
+        chosen, data, etag = self._representation(entry, ctype, request)
+        source = entry.siblings.get(chosen, entry) if chosen is not None else entry
+        if data is None:
+            data = source.data
+        length = len(data) if data is not None else source.size
+        headers = [(b"content-type", ctype)]
+        if chosen is not None:
+            headers.append((b"content-encoding", coding.TOKENS[chosen]))
+        headers += [(b"etag", etag.encode()), (b"last-modified", entry.last_modified),
+                    (b"cache-control", self.cache_control(entry.path, ctype))]
+        if coding.compressible(ctype) or entry.siblings:
+            headers.append((b"vary", b"accept-encoding"))
+        validators = Validators(etag, entry.mtime)
+        precondition = evaluate(method, request, validators)
+        if precondition == 304:
+            # RFC 9110 section 15.4.5: the validators and caching headers a 200 would carry.
+            return Response(304, [*headers[1:], (b"date", http_date()), (b"server", self.server)],
+                            None, entry)
+        if precondition == 412:
+            return self.error(412, method)
+        headers.append((b"accept-ranges", b"bytes"))
+        span = byte_range(request, length, validators) if method == "GET" else None
+        if span == UNSATISFIABLE:
+            return self.error(416, method, extra=[(b"content-range", f"bytes */{length}".encode())])
+        status, start, size = 200, 0, length
+        if span is not None:
+            status, start, size = 206, span[0], span[1] - span[0] + 1
+            headers.append((b"content-range", f"bytes {span[0]}-{span[1]}/{length}".encode()))
+        headers += [(b"content-length", str(size).encode()), (b"date", http_date()),
+                    (b"server", self.server)]
         if method == "HEAD":
             return Response(status, headers, None, entry)
-        if entry.data is not None:
-            return Response(status, headers, BytesBody(entry.data), entry)
-        fd = _open_same(entry.path, entry.dev, entry.ino)
+        if data is not None:
+            return Response(status, headers, BytesBody(
+                data if size == len(data) else data[start:start + size]), entry)
+        fd = open_entry(source)
         if fd is None:
-            self._forget(entry.path)
+            self.cache.changed(source.path)
             return None
-        return Response(status, headers, FileBody(fd, 0, entry.size), entry)
+        return Response(status, headers, FileBody(fd, start, size), entry)
 
-    def base_headers(self, ctype: bytes, length: int) -> Headers:
-        return [
-            (b"content-type", ctype),
-            (b"content-length", str(length).encode()),
-            (b"date", http_date()),
-            (b"server", self.server),
-        ]
+    def _representation(self, entry: FileEntry, ctype: bytes,
+                        request: dict[bytes, bytes]) -> tuple[str | None, bytes | None, str]:
+        """(coding or None, bytes in memory or None, ETag) of what this client gets.
+
+        Precompressed siblings serve any request; compressing here is offered only for
+        compressible types of a moderate size, and not to range requests (their ranges would
+        refer to bytes that exist nowhere on disk)."""
+        available = list(entry.siblings)
+        on_the_fly = (coding.compressible(ctype) and b"range" not in request
+                      and coding.MIN_SIZE <= entry.size <= coding.MAX_SIZE)
+        if on_the_fly:
+            available += [c for c in coding.ON_THE_FLY if c not in available]
+        chosen = coding.choose(request.get(b"accept-encoding"), tuple(available)) if available else None
+        if chosen is None:
+            return None, entry.data, entry.etag
+        if chosen in entry.siblings:
+            sibling = entry.siblings[chosen]
+            return chosen, sibling.data, f'"{sibling.size:x}-{sibling.mtime_ns:x}-{chosen}"'
+        raw = self.cache.read_whole(entry, coding.MAX_SIZE)
+        if raw is None:
+            return None, entry.data, entry.etag
+        data = self.compressed.get(entry.path, entry.etag, chosen, raw)
+        return chosen, data, f'{entry.etag[:-1]}-{chosen}"'
+
+    def cache_control(self, path: str, ctype: bytes) -> bytes:
+        """The default policy: HTML revalidated every time, fingerprinted names kept for good."""
+        if ctype.startswith(b"text/html"):
+            return self.policy.html_cache.encode()
+        if FINGERPRINT.search(os.path.basename(path)):
+            return self.policy.immutable_cache.encode()
+        return self.policy.static_cache.encode()
+
+    def redirect(self, location: str, method: str) -> Response:
+        response = self.error(301, method, extra=[(b"location", location.encode())])
+        return response
+
+    def listing(self, found: Listing, target: bytes, method: str) -> Response:
+        """An HTML list of a folder's entries, names escaped, links percent-encoded."""
+        title = html.escape(target.split(b"?", 1)[0].decode("utf-8", "replace"))
+        rows = []
+        try:
+            with os.scandir(found.path) as it:
+                names = sorted((not e.is_dir(), e.name) for e in it)
+        except OSError:
+            return self.error(404, method)
+        for is_file, name in names:
+            if name.startswith(".") and not self.policy.dotfiles:
+                continue
+            label = name + ("" if is_file else "/")
+            rows.append(f'<li><a href="{quote(label)}">{html.escape(label)}</a></li>')
+        page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n"
+                f"<ul>\n<li><a href=\"../\">../</a></li>\n{chr(10).join(rows)}\n</ul></body></html>\n")
+        body = page.encode()
+        headers = [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-cache"),
+                   (b"content-length", str(len(body)).encode()), (b"date", http_date()),
+                   (b"server", self.server)]
+        return Response(200, headers, None if method == "HEAD" else BytesBody(body))
 
     def error(self, status: int, method: str, extra: Headers | None = None) -> Response:
         """An error answer; 404 uses the site's own 404 page when it has one."""
         body = None
         if status == 404 and self.not_found_page is not None:
-            entry = self._entry(str(self.not_found_page))
+            entry = self.cache.get(str(self.not_found_page), self.not_found_page.parent)
             if entry is not None and entry.data is not None:
                 body = entry.data
         if body is None:
             body = ERROR_PAGE.format(status=status, reason=REASONS.get(status, "Error")).encode()
-        headers = self.base_headers(b"text/html; charset=utf-8", len(body)) + (extra or [])
+        headers = [(b"content-type", b"text/html; charset=utf-8"),
+                   (b"content-length", str(len(body)).encode()), (b"date", http_date()),
+                   (b"server", self.server), *(extra or [])]
         return Response(status, headers, None if method == "HEAD" else BytesBody(body))
 
-    # -- lookup and cache --------------------------------------------------------------------
+    # -- lookup ------------------------------------------------------------------------------
 
     def lookup(self, segments: tuple[str, ...]) -> FileEntry | None:
         """The file a decoded path names, or None. Only regular files inside a mount qualify."""
+        found = self.resolve(segments, b"")
+        return found if isinstance(found, FileEntry) else None
+
+    def resolve(self, segments: tuple[str, ...], target: bytes) -> FileEntry | Redirect | Listing | None:
+        """What a decoded path names: a file, a folder to redirect to or list, or nothing."""
         for mount in self.mounts:
             n = len(mount.prefix)
             if segments[:n] != mount.prefix:
                 continue
             rest = segments[n:]
-            for candidate in self._candidates(mount, rest):
-                entry = self._entry(candidate, mount.root)
-                if entry is not None:
-                    return entry
-            return None
-        return None
-
-    @staticmethod
-    def _candidates(mount: Mount, rest: tuple[str, ...]) -> list[str]:
-        if not rest or rest[-1] == "":
-            return [os.path.join(mount.root, *rest[:-1] if rest else (), "index.html")]
-        path = os.path.join(mount.root, *rest)
-        if mount.pages and not os.path.splitext(rest[-1])[1]:
-            return [path, path + ".html"]
-        return [path]
-
-    def _entry(self, path: str, root: Path | None = None) -> FileEntry | None:
-        now = time.monotonic()
-        entry = self._entries.get(path)
-        if entry is not None and now - entry.checked < REVALIDATE:
+            if not rest or rest[-1] == "":
+                folder = os.path.join(mount.root, *rest[:-1])
+                entry = self.cache.get(os.path.join(folder, "index.html"), mount.root)
+                if entry is None and self.policy.list_dirs and self.cache.is_dir(folder, mount.root):
+                    return Listing(folder, mount.root)
+                return entry
+            path = os.path.join(mount.root, *rest)
+            entry = self.cache.get(path, mount.root)
+            if entry is None and mount.pages and not os.path.splitext(rest[-1])[1]:
+                entry = self.cache.get(path + ".html", mount.root)
+            if entry is None and target and self.cache.is_dir(path, mount.root):
+                return Redirect(_with_slash(target))
             return entry
-        fresh = self._load(path, root, now, entry)
-        if fresh is None:
-            self._forget(path)
-        return fresh
-
-    def _load(self, path: str, root: Path | None, now: float,
-              old: FileEntry | None) -> FileEntry | None:
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        if root is not None and not _inside(path, root, st):
-            return None
-        if old is not None and (old.size, old.mtime_ns, old.dev, old.ino) == (
-                st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino):
-            old.checked = now
-            return old
-        self._forget(path)
-        data = _read_small(path, st) if st.st_size <= SMALL_FILE else None
-        if data is not None and self._cached_bytes + len(data) > CACHE_BYTES:
-            data = None
-        entry = FileEntry(path, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, now, data)
-        self._entries[path] = entry
-        self._cached_bytes += len(data or b"")
-        return entry
-
-    def _forget(self, path: str) -> None:
-        old = self._entries.pop(path, None)
-        if old is not None and old.data is not None:
-            self._cached_bytes -= len(old.data)
-
-
-def _inside(path: str, root: Path, st: os.stat_result) -> bool:
-    """Whether `path`, symlinks resolved, lies inside `root` (itself already resolved) and is still
-    the file `st` describes (not swapped between the two looks)."""
-    real = os.path.realpath(path)
-    if not (real == str(root) or real.startswith(str(root) + os.sep)):
-        return False
-    try:
-        real_st = os.stat(real)
-    except OSError:
-        return False
-    return (real_st.st_dev, real_st.st_ino) == (st.st_dev, st.st_ino)
-
-
-def _open_same(path: str, dev: int, ino: int) -> int | None:
-    """Open `path` for reading if it is still the file (`dev`, `ino`) that was vetted, else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
         return None
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        st = None
-    if st is None or (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        return None
-    return fd
 
 
-def _read_small(path: str, st: os.stat_result) -> bytes | None:
-    fd = _open_same(path, st.st_dev, st.st_ino)
-    if fd is None:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(st.st_size + 1)
-    except OSError:
-        return None
-    return data if len(data) == st.st_size else None
+def _consulted(headers: Headers | None) -> dict[bytes, bytes]:
+    """The request headers the handler reads, repeated ones joined with commas."""
+    out: dict[bytes, bytes] = {}
+    for name, value in headers or ():
+        if name in CONSULTED:
+            out[name] = out[name] + b", " + value if name in out else value
+    return out
+
+
+def _hidden(segments: tuple[str, ...]) -> bool:
+    """A dotfile or dot-folder anywhere in the path (/.well-known/ aside, which is meant to be
+    public)."""
+    return any(s.startswith(".") and s != ".well-known" for s in segments)
+
+
+def _with_slash(target: bytes) -> str:
+    path, sep, query = target.decode("latin-1").partition("?")
+    if path.startswith(("http://", "https://")):
+        path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
+    return path + "/" + sep + query
 
 
 def _existing_dir(path: str, option: str) -> Path:
@@ -324,8 +376,9 @@ def _existing_dir(path: str, option: str) -> Path:
     return p.resolve()
 
 
-REASONS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Content Too Large", 414: "URI Too Long", 431: "Request Header Fields Too Large",
+REASONS = {301: "Moved Permanently", 400: "Bad Request", 404: "Not Found",
+           405: "Method Not Allowed", 412: "Precondition Failed", 413: "Content Too Large",
+           414: "URI Too Long", 416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 503: "Service Unavailable"}
 ERROR_PAGE = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
               "<title>{status} {reason}</title></head>\n"

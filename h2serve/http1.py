@@ -134,7 +134,7 @@ class H1Protocol(asyncio.Protocol):
             self._send_error_and_close(status)
             return
         try:
-            response = self.shared.site.respond(method, request.target)
+            response = self.shared.site.respond(method, request.target, request.headers)
             hints = self._apply_plan(request, response)
         except Exception:
             log.exception("error answering %s %s", method, target)
@@ -167,11 +167,12 @@ class H1Protocol(asyncio.Protocol):
         self.sent = 0
         body = response.body
         if body is not None and body.remaining <= CHUNK:
-            chunk = body.read(body.remaining)
-            out += self.conn.send(h11.Data(data=chunk)) if chunk else b""
-            self.sent = len(chunk)
-            body.close()
-            body = None
+            chunk = body.read(body.remaining)  # a small body is in memory: never None here
+            if chunk is not None:
+                out += self.conn.send(h11.Data(data=chunk)) if chunk else b""
+                self.sent = len(chunk)
+                body.close()
+                body = None
         if body is None:
             out += self.conn.send(h11.EndOfMessage())
             self._write(out)
@@ -189,6 +190,9 @@ class H1Protocol(asyncio.Protocol):
             except OSError as e:
                 log.warning("reading %s for %s failed: %s", self.entry and self.entry[1], self.client, e)
                 self.close()
+                return
+            if chunk is None:  # the next chunk is being read from disk; it calls back
+                body.fill(self._pump)
                 return
             data = self.conn.send(h11.Data(data=chunk))
             self.sent += len(chunk)

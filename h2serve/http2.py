@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar
 
 from h2.config import H2Configuration
@@ -220,7 +221,7 @@ class H2Protocol(asyncio.Protocol):
                 referer = value.decode("latin-1")
         stream = _Stream(sid, method, target, referer, user_agent, event.stream_ended is not None)
         try:
-            response = self.shared.site.respond(method, target.encode("latin-1"))
+            response = self.shared.site.respond(method, target.encode("latin-1"), headers)
             plan = self._push_plan(method, response, authority, headers)
         except Exception:
             log.exception("error answering %s %s", method, target)
@@ -271,7 +272,8 @@ class H2Protocol(asyncio.Protocol):
             path = promise.entry.path
             pushed = _Stream(pid, "GET", path, stream.target, stream.user_agent, True)
             # The same handler as any request for that path: same status, headers and bytes.
-            self.send_response(pushed, self.shared.site.respond("GET", path.encode()))
+            response = self.shared.site.respond("GET", path.encode(), promise.headers)
+            self.send_response(pushed, response)
 
     def send_response(self, stream: _Stream, response: Response) -> None:
         """Send the HEADERS now and queue the body to go out as windows allow."""
@@ -350,6 +352,9 @@ class H2Protocol(asyncio.Protocol):
                 conn.reset_stream(stream.id, ErrorCodes.INTERNAL_ERROR)
                 self._end_stream(stream)
                 continue
+            if chunk is None:  # the next chunk is being read from disk; it wakes the stream
+                body.fill(partial(self._filled, stream))
+                continue
             end = body.remaining == 0
             conn.send_data(stream.id, chunk, end_stream=end)
             stream.sent += len(chunk)
@@ -361,6 +366,11 @@ class H2Protocol(asyncio.Protocol):
             if self._queued >= FLUSH_BYTES:
                 self.flush()
         self.flush()
+
+    def _filled(self, stream: _Stream) -> None:
+        if self.streams.get(stream.id) is stream:
+            self.ready.append(stream)
+            self.pump()
 
     def _unblock_all(self) -> None:
         if self.blocked:

@@ -21,11 +21,12 @@ from . import __version__
 from .accesslog import AccessLog
 from .certs import ensure_dev_certs, trust_hint
 from .config import Config, ConfigError, parse_address
-from .files import Site
+from .files import Policy, Site
 from .manifest import describe_map, push_map_for, push_map_sources
 from .protocol import Dispatcher, Shared
 from .push import Pusher
 from .tls import make_ssl_context
+from .watch import Watcher
 
 log = logging.getLogger("h2serve")
 
@@ -53,6 +54,7 @@ class Server:
         self.shared: Shared | None = None
         self.ca_file: Path | None = None  # the dev CA, when serving a dev certificate
         self._servers: list[asyncio.Server] = []
+        self._watcher: Watcher | None = None
 
     @property
     def port(self) -> int:
@@ -67,8 +69,14 @@ class Server:
     async def start(self) -> None:
         """Check the configuration, then bind every listener; raises ConfigError saying what to fix."""
         cfg = self.config
+        policy = Policy(cfg.html_cache_control, cfg.static_cache_control,
+                        cfg.immutable_cache_control, cfg.list_dirs, cfg.serve_dotfiles)
         site = Site.from_folders(root=cfg.root, templates=cfg.templates, static=cfg.static,
-                                 server_name=cfg.server_name)
+                                 server_name=cfg.server_name, policy=policy)
+        watcher = Watcher(site.cache.changed, site.cache.clear)
+        if watcher.start(asyncio.get_running_loop()):
+            site.cache.watch = watcher.add
+            self._watcher = watcher
         ssl_ctx = make_ssl_context(*self._certificate(), cfg.alpn) if cfg.bind else None
         try:
             access_log = AccessLog.open(cfg.access_log)
@@ -160,6 +168,8 @@ class Server:
                 conn.abort()
             shared.access_log.close()
         self._servers.clear()
+        if self._watcher is not None:
+            self._watcher.close()
 
     def describe(self) -> str:
         """The startup line: version, what is served, where, and over which protocols."""

@@ -52,8 +52,10 @@ def proto(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def client(proto: str, verify) -> Iterator[httpx.Client]:
-    """An httpx client speaking `proto` over TLS verified against the test CA."""
-    with httpx.Client(http2=proto == "h2", verify=verify, timeout=10) as c:
+    """An httpx client speaking `proto` over TLS verified against the test CA. It asks for the
+    identity coding, so lengths compare with the files on disk (codings: tests/test_coding.py)."""
+    with httpx.Client(http2=proto == "h2", verify=verify, timeout=10,
+                      headers={"accept-encoding": "identity"}) as c:
         yield c
 
 
@@ -353,14 +355,18 @@ def test_symlink_within_folder_served(site: Path, make_server: Callable[..., Run
 
 def test_special_files_not_served(site: Path, make_server: Callable[..., RunningServer],
                                   client: httpx.Client, proto: str) -> None:
-    """A FIFO or a folder named like a file is 404 at once (the server never blocks opening it)."""
+    """A FIFO is 404 at once (the server never blocks opening it); a folder named like a file is
+    a folder: redirected to its slash form, and never taken for `/dir` (no `dir.html` file)."""
     os.mkfifo(site / "static" / "pipe.css")
     (site / "static" / "folder.js").mkdir()
     (site / "templates" / "dir.html").mkdir()
     server = make_server(templates=str(site / "templates"), static=str(site / "static"))
-    for path in ("/static/pipe.css", "/static/folder.js", "/dir", "/dir.html"):
+    for path in ("/static/pipe.css", "/dir"):
         r = fetch(client, proto, "GET", server.url + path)
         assert r.status_code == 404, path
+    for path in ("/static/folder.js", "/dir.html"):
+        r = fetch(client, proto, "GET", server.url + path)
+        assert (r.status_code, r.headers["location"]) == (301, path + "/"), path
     assert fetch(client, proto, "GET", server.url + "/about").status_code == 200
 
 

@@ -1,0 +1,121 @@
+"""Change notification for the file cache: inotify (Linux), read from the event loop.
+
+The cache trusts an entry only while the folders holding it are watched here, so a hot file costs
+no system call per request and an edit is seen as soon as the kernel reports it. Where inotify is
+missing, or a watch cannot be added (the per-user limit), `add` says False and the cache falls back
+to checking with `stat` once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import struct
+from collections.abc import Callable
+
+log = logging.getLogger("h2serve")
+
+IN_MODIFY = 0x002
+IN_ATTRIB = 0x004
+IN_CLOSE_WRITE = 0x008
+IN_MOVED_FROM = 0x040
+IN_MOVED_TO = 0x080
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_MOVE_SELF = 0x800
+IN_Q_OVERFLOW = 0x4000
+IN_IGNORED = 0x8000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
+        | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF)
+EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then the name, NUL-padded)
+MAX_WATCHES = 8192             # our own bound, well under the usual kernel limit
+
+
+class Watcher:
+    """Watches folders and reports each changed path to `on_change`; `on_overflow` when events
+    were lost (the caller must then forget everything)."""
+
+    def __init__(self, on_change: Callable[[str], None], on_overflow: Callable[[], None]) -> None:
+        self.on_change = on_change
+        self.on_overflow = on_overflow
+        self._folders: dict[str, int] = {}
+        self._by_wd: dict[int, str] = {}
+        self._fd = -1
+        self._libc: ctypes.CDLL | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Begin watching on `loop`; False where inotify is not available."""
+        name = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(name, use_errno=True)
+            fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        except (OSError, AttributeError):
+            return False
+        if fd < 0:
+            return False
+        self._libc, self._fd, self._loop = libc, fd, loop
+        loop.add_reader(fd, self._read)
+        return True
+
+    def add(self, folder: str) -> bool:
+        """Watch `folder`; True if changes in it will be reported."""
+        if folder in self._folders:
+            return True
+        if self._libc is None or len(self._folders) >= MAX_WATCHES:
+            return False
+        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(folder), MASK)
+        if wd < 0:
+            return False
+        self._folders[folder] = wd
+        self._by_wd[wd] = folder
+        return True
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        self._folders.clear()
+        self._by_wd.clear()
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self._fd, 64 * 1024)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            log.warning("file watcher failed (%s); checking files by time instead", e)
+            self.close()
+            self.on_overflow()
+            return
+        offset = 0
+        while offset + EVENT.size <= len(data):
+            wd, mask, _, length = EVENT.unpack_from(data, offset)
+            name = data[offset + EVENT.size:offset + EVENT.size + length].rstrip(b"\0")
+            offset += EVENT.size + length
+            self._event(wd, mask, os.fsdecode(name))
+
+    def _event(self, wd: int, mask: int, name: str) -> None:
+        if mask & IN_Q_OVERFLOW:
+            self.on_overflow()
+            return
+        folder = self._by_wd.get(wd)
+        if folder is None:
+            return
+        if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
+            # The folder itself went away: whatever was below it is unknown now.
+            del self._by_wd[wd]
+            self._folders.pop(folder, None)
+            self.on_change(folder)
+            return
+        self.on_change(os.path.join(folder, name) if name else folder)
