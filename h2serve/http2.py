@@ -132,6 +132,7 @@ class H2Protocol(asyncio.Protocol):
         self.paused = False
         self.closed = False
         self.peer_goaway = False
+        self.goaway_read = False               # a GOAWAY is among the frames read: push no more
         self.shutting_down = False
         self.last_stream: int | None = None    # set by our final GOAWAY: streams above are refused
         self.pushed: set[str] = set()          # paths pushed on this connection: never twice
@@ -170,6 +171,10 @@ class H2Protocol(asyncio.Protocol):
             log.info("h2 protocol error from %s: %s", self.client, e)
             self.close()
             return
+        if not self.goaway_read and any(type(event) is ConnectionTerminated for event in events):
+            # A request read with the client's GOAWAY is still answered, but the GOAWAY already names
+            # the last of our streams the client will take (RFC 9113 section 6.8): promise none.
+            self.goaway_read = True
         handlers = self._handlers
         for event in events:
             handler = handlers.get(type(event))
@@ -201,6 +206,11 @@ class H2Protocol(asyncio.Protocol):
 
     def _on_request(self, event: RequestReceived) -> None:
         sid = event.stream_id
+        h2_stream = self.conn.streams.get(sid)
+        if h2_stream is None or h2_stream.closed:
+            # Reset by the client in the same read as its request: h2 has closed the stream, and any
+            # frame on it (a 103, a PUSH_PROMISE, the answer) would raise and end the connection.
+            return
         if self.last_stream is not None and sid > self.last_stream:
             self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
@@ -236,17 +246,18 @@ class H2Protocol(asyncio.Protocol):
 
     def _push_plan(self, method: str, response: Response, authority: bytes,
                    headers: list[tuple[bytes, bytes]]) -> PushPlan | None:
-        """Ask push.py what goes with this answer: only a 200 to a GET of a file can have a plan."""
-        if method != "GET" or response.status != 200 or response.file is None:
+        """Ask push.py what goes with this answer: only a 200 to a GET or HEAD of a file can have
+        a plan."""
+        if method not in ("GET", "HEAD") or response.status != 200 or response.file is None:
             return None
         return self.shared.pusher.plan(response.file, Client(
-            "h2", self.scheme, authority, headers, self._push_slots(), self.pushed))
+            "h2", self.scheme, authority, headers, self._push_slots(), self.pushed, method))
 
     def _push_slots(self) -> int:
         """How many pushes the client takes now: none if it refuses push or the connection is
         closing; otherwise what its SETTINGS_MAX_CONCURRENT_STREAMS leaves room for."""
         remote = self.conn.remote_settings
-        if (not remote.enable_push or self.peer_goaway or self.shutting_down
+        if (not remote.enable_push or self.goaway_read or self.shutting_down
                 or self.shared.closing):
             return 0
         return max(0, min(remote.max_concurrent_streams, MAX_PUSHES_PER_PAGE)
@@ -272,7 +283,12 @@ class H2Protocol(asyncio.Protocol):
             path = promise.entry.path
             pushed = _Stream(pid, "GET", path, stream.target, stream.user_agent, True)
             # The same handler as any request for that path: same status, headers and bytes.
-            response = self.shared.site.respond("GET", path.encode(), promise.headers)
+            try:
+                response = self.shared.site.respond("GET", path.encode(), promise.headers)
+            except Exception:
+                log.exception("error answering pushed %s", path)
+                self.conn.reset_stream(pid, ErrorCodes.INTERNAL_ERROR)
+                continue
             self.send_response(pushed, response)
 
     def send_response(self, stream: _Stream, response: Response) -> None:

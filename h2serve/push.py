@@ -100,6 +100,7 @@ class Client:
     headers: list[tuple[bytes, bytes]]         # the page request's headers (names lower-case)
     push_slots: int = 0                        # pushes allowed now (0: client refuses, or no room)
     already_pushed: frozenset[str] | set[str] = frozenset()
+    method: str = "GET"                        # HEAD gets GET's Link headers, nothing else
 
 
 class Pusher:
@@ -116,16 +117,19 @@ class Pusher:
         self.cookie_name = cookie_name
 
     def plan(self, page: FileEntry, client: Client) -> PushPlan | None:
-        """The plan for a 200 answer to a GET of `page`, or None when the map has nothing for it."""
+        """The plan for a 200 answer to a GET (or HEAD) of `page`, or None when the map has nothing
+        for it. A HEAD answer carries the Link headers a GET would (RFC 9110 section 9.3.2) but
+        gets no 103 and no pushes: nothing of the page is going to be used."""
         entries = self.map.entries_for(page)
         if not entries:
             return None
         plan = PushPlan()
+        full = client.method == "GET"
         if self.preload_links:
             plan.links = [(b"link", e.link) for e in entries]
-            plan.early_hints = self.early_hints == "all" or (
-                self.early_hints == "h2" and client.protocol == "h2")
-        if self.push and client.protocol == "h2" and client.push_slots > 0:
+            plan.early_hints = full and (self.early_hints == "all" or (
+                self.early_hints == "h2" and client.protocol == "h2"))
+        if full and self.push and client.protocol == "h2" and client.push_slots > 0:
             self._promise(plan, entries, client)
         return plan
 
