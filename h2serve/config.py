@@ -69,6 +69,17 @@ class Config:
         10.0, "seconds in-flight responses get to finish on SIGINT/SIGTERM", metavar="SECONDS")
     handshake_timeout: float = option(
         10.0, "seconds a client gets to complete the TLS handshake", metavar="SECONDS")
+    idle_timeout: float = option(
+        60.0, "seconds a connection may stay idle between requests (HTTP/2: then GOAWAY)",
+        metavar="SECONDS")
+    header_timeout: float = option(
+        10.0, "seconds an HTTP/1.1 client gets to send a whole request head (against slowloris)",
+        metavar="SECONDS")
+    send_timeout: float = option(
+        30.0, "seconds a response may make no progress (a client not reading, a zero window) "
+        "before it is cut off", metavar="SECONDS")
+    max_connections: int = option(
+        10000, "connections at once; beyond it new clients wait until one closes", metavar="N")
     max_concurrent_streams: int = option(
         100, "HTTP/2 streams a client may open at once (SETTINGS_MAX_CONCURRENT_STREAMS)",
         metavar="N")
@@ -137,6 +148,10 @@ class Config:
             raise ConfigError("--initial-window-size must be between 1 and 2147483647")
         if self.max_header_list_size < 1024:
             raise ConfigError("--max-header-list-size must be at least 1024")
+        if self.max_connections < 1:
+            raise ConfigError("--max-connections must be at least 1")
+        if min(self.idle_timeout, self.header_timeout, self.send_timeout) <= 0:
+            raise ConfigError("timeouts must be positive numbers of seconds")
         if self.graceful_timeout < 0 or self.handshake_timeout <= 0:
             raise ConfigError("timeouts must be positive numbers of seconds")
 

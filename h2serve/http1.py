@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import h11
@@ -51,6 +52,9 @@ class H1Protocol(asyncio.Protocol):
         self.body: Body | None = None  # the response body being sent, if any
         self.entry: tuple[str, str, str, int, str | None, str | None] | None = None
         self.sent = 0
+        self.last_active = time.monotonic()  # connection made, or last response finished
+        self.head_started: float | None = None  # first byte of a request head not yet complete
+        self.paused_at = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -62,6 +66,8 @@ class H1Protocol(asyncio.Protocol):
         self.shared.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.head_started is None and self.body is None:
+            self.head_started = time.monotonic()  # cleared when the request head is complete
         self.conn.receive_data(data)
         self._next_requests()
         # Input left unparsed waits for the response in flight; stop reading if it piles up.
@@ -84,6 +90,7 @@ class H1Protocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self.paused_at = time.monotonic()
 
     def resume_writing(self) -> None:
         self.paused = False
@@ -104,6 +111,8 @@ class H1Protocol(asyncio.Protocol):
                 self._protocol_error(e)
                 return
             if event is h11.NEED_DATA:
+                if not conn.trailing_data[0]:
+                    self.head_started = None  # nothing of a next request yet: idle, not slow
                 if self.reading_paused and self.transport is not None:
                     self.reading_paused = False  # all buffered input is parsed: read again
                     self.transport.resume_reading()
@@ -111,6 +120,7 @@ class H1Protocol(asyncio.Protocol):
             if event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
+                self.head_started = None
                 self._on_request(event)
             elif isinstance(event, h11.ConnectionClosed):
                 self.close()
@@ -207,6 +217,7 @@ class H1Protocol(asyncio.Protocol):
 
     def _response_done(self) -> None:
         self._finish_body()
+        self.last_active = time.monotonic()
         if self.conn.our_state is h11.MUST_CLOSE or self.shared.closing:
             self.close()
 
@@ -256,8 +267,28 @@ class H1Protocol(asyncio.Protocol):
             self.close()
 
     def abort(self) -> None:
+        self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+    def check(self, now: float) -> None:
+        """Timeouts: a client not reading, a request head sent too slowly, an idle connection."""
+        if self.closed:
+            return
+        cfg = self.shared.config
+        if self.body is not None:
+            if self.paused and now - self.paused_at > cfg.send_timeout:
+                log.info("client %s has read nothing for %gs: closing", self.client, cfg.send_timeout)
+                self.abort()
+            return
+        if self.head_started is not None and now - self.head_started > cfg.header_timeout:
+            # Slowloris: the head trickles in. Like nginx, log a 408 and close without answering.
+            log.info("client %s sent no complete request head in %gs: closing", self.client,
+                     cfg.header_timeout)
+            self.shared.access_log.log(self.client, "-", "-", "HTTP/1.1", 408, 0, None, None)
+            self.close()
+        elif self.head_started is None and now - self.last_active > cfg.idle_timeout:
+            self.close()
 
 
 def _request_problem(request: h11.Request, max_head: int) -> tuple[int, str] | None:

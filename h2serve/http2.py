@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, ClassVar
@@ -23,17 +24,20 @@ from h2.events import (
     ConnectionTerminated,
     DataReceived,
     PingAckReceived,
+    PingReceived,
+    PriorityUpdated,
     RemoteSettingsChanged,
     RequestReceived,
     StreamEnded,
     StreamReset,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError
+from h2.exceptions import NoAvailableStreamIDError, ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
 
 from .accesslog import client_host
+from .limits import FrameBudgets
 from .push import Client, PushPlan
 from .response import Body, Response
 
@@ -56,6 +60,8 @@ FLUSH_BYTES = 256 * 1024          # write out what is queued once this much has 
 WRITE_BUFFER_HIGH = 512 * 1024    # transport buffer above which we stop producing frames
 SHUTDOWN_PING = b"h2s-shut"
 SHUTDOWN_PING_WAIT = 2.0          # seconds to wait for the PING ACK before the final GOAWAY
+MAX_OUTPUT_BUFFER = 2 * 1024 * 1024  # bytes waiting to be written before a client is cut off
+STREAM_SLACK = 16                 # streams h2 itself accepts beyond the advertised limit (refused)
 MAX_PUSHES_PER_PAGE = 100        # a bound of our own, whatever the client allows
 STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
 
@@ -92,8 +98,8 @@ class _Connection(H2Connection):
 class _Stream:
     """A response being sent on one stream, and what the access log needs of its request."""
 
-    __slots__ = ("body", "id", "method", "referer", "request_done", "sent", "status", "target",
-                 "user_agent")
+    __slots__ = ("blocked_at", "body", "id", "method", "referer", "request_done", "sent", "status",
+                 "target", "user_agent")
 
     def __init__(self, stream_id: int, method: str, target: str, referer: str | None,
                  user_agent: str | None, request_done: bool) -> None:
@@ -106,6 +112,7 @@ class _Stream:
         self.status = 0
         self.sent = 0
         self.body: Body | None = None
+        self.blocked_at = 0.0  # when it last ran out of flow-control window
 
 
 class H2Protocol(asyncio.Protocol):
@@ -139,6 +146,9 @@ class H2Protocol(asyncio.Protocol):
         self.scheme = "https" if tls else "http"
         self._shutdown_timer: asyncio.TimerHandle | None = None
         self._queued = 0
+        self.budgets = FrameBudgets()
+        self.last_active = time.monotonic()     # last input, or last stream finished
+        self.paused_at = 0.0
         self._handlers = {
             RequestReceived: self._on_request,
             DataReceived: self._on_data,
@@ -148,6 +158,8 @@ class H2Protocol(asyncio.Protocol):
             RemoteSettingsChanged: self._on_settings,
             ConnectionTerminated: self._on_goaway,
             PingAckReceived: self._on_ping_ack,
+            PingReceived: self._on_ping,
+            PriorityUpdated: self._on_priority,
         }
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -159,6 +171,14 @@ class H2Protocol(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.shared.add(self)
         self.conn.initiate_connection()
+        # The SETTINGS just queued advertise max_concurrent_streams. Let h2 itself take a few more,
+        # so that a stream over the limit is refused alone (RST_STREAM REFUSED_STREAM, RFC 9113
+        # section 5.1.2) instead of h2 ending the connection.
+        self.conn.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: self.shared.config.max_concurrent_streams + STREAM_SLACK,
+            SettingCodes.INITIAL_WINDOW_SIZE: self.shared.config.initial_window_size,
+            SettingCodes.MAX_HEADER_LIST_SIZE: self.shared.config.max_header_list_size,
+        })
         self.flush()
         if self.shared.closing:
             self.shutdown()
@@ -175,11 +195,14 @@ class H2Protocol(asyncio.Protocol):
             # A request read with the client's GOAWAY is still answered, but the GOAWAY already names
             # the last of our streams the client will take (RFC 9113 section 6.8): promise none.
             self.goaway_read = True
+        self.last_active = time.monotonic()
         handlers = self._handlers
         for event in events:
             handler = handlers.get(type(event))
             if handler is not None:
                 handler(event)
+                if self.closed:
+                    return
         self.pump()
 
     def eof_received(self) -> bool | None:
@@ -197,6 +220,7 @@ class H2Protocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
+        self.paused_at = time.monotonic()
 
     def resume_writing(self) -> None:
         self.paused = False
@@ -210,8 +234,13 @@ class H2Protocol(asyncio.Protocol):
         if h2_stream is None or h2_stream.closed:
             # Reset by the client in the same read as its request: h2 has closed the stream, and any
             # frame on it (a 103, a PUSH_PROMISE, the answer) would raise and end the connection.
+            if not self.budgets.resets.take():
+                self._calm("streams reset as fast as they are opened (Rapid Reset)")
             return
         if self.last_stream is not None and sid > self.last_stream:
+            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        if self.conn.open_inbound_streams > self.shared.config.max_concurrent_streams:
             self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
         headers = event.headers or []
@@ -271,7 +300,10 @@ class H2Protocol(asyncio.Protocol):
             self.conn.send_headers(sid, [(b":status", b"103"), *plan.links])
         promised = []
         for promise in plan.promises:
-            pid = self.conn.get_next_available_stream_id()
+            try:
+                pid = self.conn.get_next_available_stream_id()
+            except NoAvailableStreamIDError:
+                break  # every server stream id is used up: the page goes out without pushes
             self.conn.push_stream(sid, pid, promise.headers)
             self.pushed.add(promise.entry.path)
             promised.append((pid, promise))
@@ -307,6 +339,9 @@ class H2Protocol(asyncio.Protocol):
         self.ready.append(stream)
 
     def _on_data(self, event: DataReceived) -> None:
+        if not event.data and event.stream_ended is None and not self.budgets.empty_data.take():
+            self._calm("empty DATA frames flood")
+            return
         # Request bodies are not used by a static server; give the window straight back.
         if event.flow_controlled_length:
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -320,8 +355,13 @@ class H2Protocol(asyncio.Protocol):
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             self._end_stream(stream)
+            if not self.budgets.resets.take():
+                self._calm("streams reset as fast as they are opened (Rapid Reset)")
 
     def _on_window_update(self, event: WindowUpdated) -> None:
+        if not self.budgets.window_updates.take():
+            self._calm("WINDOW_UPDATE flood")
+            return
         if event.stream_id == 0:
             self._unblock_all()
         else:
@@ -330,6 +370,9 @@ class H2Protocol(asyncio.Protocol):
                 self.ready.append(stream)
 
     def _on_settings(self, event: RemoteSettingsChanged) -> None:
+        if not self.budgets.settings.take():
+            self._calm("SETTINGS flood")
+            return
         changed = event.changed_settings
         if SettingCodes.INITIAL_WINDOW_SIZE in changed or SettingCodes.MAX_FRAME_SIZE in changed:
             self._unblock_all()
@@ -340,6 +383,21 @@ class H2Protocol(asyncio.Protocol):
         # open for them, see _StateMachine) and it closes when the last one does.
         if event.error_code != ErrorCodes.NO_ERROR or not self.streams:
             self.close()
+
+    def _on_ping(self, event: PingReceived) -> None:
+        if not self.budgets.pings.take():
+            self._calm("PING flood")
+
+    def _on_priority(self, event: PriorityUpdated) -> None:
+        if not self.budgets.priorities.take():
+            self._calm("PRIORITY flood")
+
+    def _calm(self, what: str) -> None:
+        """Cut off an abusive client: GOAWAY ENHANCE_YOUR_CALM, then close."""
+        log.info("%s from %s: GOAWAY ENHANCE_YOUR_CALM", what, self.client)
+        self.conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM,
+                                   last_stream_id=self.conn.highest_inbound_stream_id)
+        self.close()
 
     def _on_ping_ack(self, event: PingAckReceived) -> None:
         if event.ping_data == SHUTDOWN_PING:
@@ -358,7 +416,9 @@ class H2Protocol(asyncio.Protocol):
                 continue  # finished or reset meanwhile
             window = conn.local_flow_control_window(stream.id)
             if window <= 0:
-                self.blocked[stream.id] = stream
+                if stream.id not in self.blocked:
+                    stream.blocked_at = time.monotonic()
+                    self.blocked[stream.id] = stream
                 continue
             n = min(window, conn.max_outbound_frame_size, body.remaining)
             try:
@@ -375,6 +435,7 @@ class H2Protocol(asyncio.Protocol):
             conn.send_data(stream.id, chunk, end_stream=end)
             stream.sent += len(chunk)
             self._queued += len(chunk)
+            self.budgets.data_sent(len(chunk))
             if end:
                 self._end_stream(stream)
             else:
@@ -400,6 +461,9 @@ class H2Protocol(asyncio.Protocol):
         if stream.body is not None:
             stream.body.close()
         complete = stream.body is None or stream.body.remaining == 0
+        if complete:
+            self.budgets.stream_completed()
+        self.last_active = time.monotonic()
         if complete and not stream.request_done and not self.closed:
             # RFC 9113 section 8.1: the response is complete; ask the client to stop sending.
             with contextlib.suppress(ProtocolError):
@@ -417,6 +481,11 @@ class H2Protocol(asyncio.Protocol):
         data = self.conn.data_to_send()
         if data and not self.closed and self.transport is not None:
             self.transport.write(data)
+            if self.transport.get_write_buffer_size() > MAX_OUTPUT_BUFFER:
+                # DATA stops at the transport's high-water mark; what piles up beyond it is our
+                # answers to a client that sends but does not read (PING and SETTINGS floods).
+                log.info("client %s does not read what it asks for: closing", self.client)
+                self.abort()
 
     def close(self) -> None:
         """Send what is queued (a GOAWAY, say) and close the connection."""
@@ -427,8 +496,36 @@ class H2Protocol(asyncio.Protocol):
         self.transport.close()
 
     def abort(self) -> None:
+        self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+    def check(self, now: float) -> None:
+        """Timeouts: a client not reading, streams stalled at a zero window, an idle connection."""
+        if self.closed:
+            return
+        cfg = self.shared.config
+        if self.paused and now - self.paused_at > cfg.send_timeout:
+            log.info("client %s has read nothing for %gs: closing", self.client, cfg.send_timeout)
+            self.abort()
+            return
+        stalled = [s for s in self.blocked.values() if now - s.blocked_at > cfg.send_timeout]
+        for stream in stalled:
+            self.conn.reset_stream(stream.id, ErrorCodes.CANCEL)
+            self._end_stream(stream)
+        if stalled:
+            log.info("client %s left %d streams at a zero window for %gs: reset", self.client,
+                     len(stalled), cfg.send_timeout)
+            if not self.streams:
+                self.conn.close_connection(ErrorCodes.NO_ERROR,
+                                           last_stream_id=self.conn.highest_inbound_stream_id)
+                self.close()
+            else:
+                self.flush()
+        elif not self.streams and now - self.last_active > cfg.idle_timeout:
+            self.conn.close_connection(ErrorCodes.NO_ERROR,
+                                       last_stream_id=self.conn.highest_inbound_stream_id)
+            self.close()
 
     def shutdown(self) -> None:
         """Graceful close, the two-step GOAWAY of RFC 9113 section 6.8.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +36,9 @@ class Connection(Protocol):
     def abort(self) -> None:
         """Close now, whatever is in flight."""
 
+    def check(self, now: float) -> None:
+        """Enforce timeouts (called about once a second with `time.monotonic()`)."""
+
 
 @dataclass
 class Shared:
@@ -46,6 +51,7 @@ class Shared:
     connections: set[Connection] = field(default_factory=set)
     closing: bool = False
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    room_made: Callable[[], None] | None = None  # a connection closed: the listeners may accept again
 
     def add(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -55,6 +61,8 @@ class Shared:
         self.connections.discard(conn)
         if not self.connections:
             self.drained.set()
+        if self.room_made is not None:
+            self.room_made()
 
 
 class Dispatcher(asyncio.Protocol):
@@ -65,6 +73,7 @@ class Dispatcher(asyncio.Protocol):
         self.tls = tls
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
+        self.started = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -97,6 +106,11 @@ class Dispatcher(asyncio.Protocol):
 
     def shutdown(self) -> None:
         self.abort()  # no request has begun: nothing to finish
+
+    def check(self, now: float) -> None:
+        if now - self.started > self.shared.config.handshake_timeout:
+            log.debug("cleartext client sent no preface or request line in time")
+            self.abort()
 
     def abort(self) -> None:
         if self.transport is not None:

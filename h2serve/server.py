@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from .accesslog import AccessLog
 from .certs import ensure_dev_certs, trust_hint
 from .config import Config, ConfigError, parse_address
 from .files import Policy, Site
+from .listener import Acceptor, bind
 from .manifest import describe_map, push_map_for, push_map_sources
 from .protocol import Dispatcher, Shared
 from .push import Pusher
@@ -29,6 +32,8 @@ from .tls import make_ssl_context
 from .watch import Watcher
 
 log = logging.getLogger("h2serve")
+
+SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all connections
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,8 @@ class Server:
         self.listeners: list[Listener] = []
         self.shared: Shared | None = None
         self.ca_file: Path | None = None  # the dev CA, when serving a dev certificate
-        self._servers: list[asyncio.Server] = []
+        self._acceptors: list[Acceptor] = []
+        self._sweeper: asyncio.TimerHandle | None = None
         self._watcher: Watcher | None = None
 
     @property
@@ -85,7 +91,8 @@ class Server:
         pusher = Pusher(site, push_map_for(cfg, site), push=cfg.push,
                         preload_links=cfg.preload_links, early_hints=cfg.early_hints,
                         cookie_name=cfg.push_cookie or None)
-        self.shared = Shared(cfg, site, access_log, pusher)
+        self.shared = Shared(cfg, site, access_log, pusher, room_made=self._room_made)
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
         try:
             for addr in cfg.bind:
                 await self._listen(addr, ssl_ctx)
@@ -109,22 +116,39 @@ class Server:
         self.ca_file = certs.ca
         return str(certs.cert), str(certs.key)
 
-    async def _listen(self, addr: str, ssl_ctx: object) -> None:
+    async def _listen(self, addr: str, ssl_ctx: ssl.SSLContext | None) -> None:
         assert self.shared is not None
         host, port = parse_address(addr)
         shared, tls = self.shared, ssl_ctx is not None
-        loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(
-                lambda: Dispatcher(shared, tls=tls), host, port, ssl=ssl_ctx,  # type: ignore[arg-type]
-                ssl_handshake_timeout=self.config.handshake_timeout if tls else None,
-                reuse_address=True, backlog=1024)
+            sockets = bind(host, port)
         except OSError as e:
             raise ConfigError(f"cannot listen on {addr}: {e.strerror or e}") from None
-        self._servers.append(server)
-        for sock in server.sockets:
-            bound_port = sock.getsockname()[1]
-            self.listeners.append(Listener("https" if tls else "http", host, bound_port))
+        for sock in sockets:
+            acceptor = Acceptor(sock, lambda: Dispatcher(shared, tls=tls), ssl_ctx,
+                                self.config.handshake_timeout, self._room)
+            acceptor.start()
+            self._acceptors.append(acceptor)
+            self.listeners.append(Listener("https" if tls else "http", host, sock.getsockname()[1]))
+
+    def _room(self) -> bool:
+        """Whether another connection may be accepted (handshakes under way count)."""
+        assert self.shared is not None
+        busy = len(self.shared.connections) + sum(a.handshakes for a in self._acceptors)
+        return busy < self.config.max_connections and not self.shared.closing
+
+    def _room_made(self) -> None:
+        for acceptor in self._acceptors:
+            if not acceptor.accepting and self._room():
+                acceptor.start()
+
+    def _sweep(self) -> None:
+        """Once a second: let every connection enforce its timeouts (idle, slow headers, stalls)."""
+        assert self.shared is not None
+        now = time.monotonic()
+        for conn in list(self.shared.connections):
+            conn.check(now)
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
 
     def reload_push_map(self) -> bool:
         """Read the push map again (SIGHUP, --reload); a broken one is reported and the old kept."""
@@ -155,8 +179,8 @@ class Server:
         `force`, when set meanwhile, cuts the grace period short (a second Ctrl-C).
         """
         timeout = self.config.graceful_timeout if timeout is None else timeout
-        for server in self._servers:
-            server.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
         shared = self.shared
         if shared is not None:
             shared.closing = True
@@ -167,7 +191,9 @@ class Server:
             for conn in list(shared.connections):
                 conn.abort()
             shared.access_log.close()
-        self._servers.clear()
+        self._acceptors.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._watcher is not None:
             self._watcher.close()
 

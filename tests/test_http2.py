@@ -13,7 +13,7 @@ import httpx
 import pytest
 from conftest import STATIC, TEMPLATES, open_tls
 from h2.errors import ErrorCodes
-from h2.settings import SettingCodes
+from h2.settings import SettingCodes, Settings
 from h2client import H2Client
 from hpack import Encoder
 from hyperframe.frame import (
@@ -120,22 +120,46 @@ def test_max_header_list_size_is_enforced(make_server, ca_file):
     assert goaway.last_stream_id == ok
 
 
-def test_streams_beyond_max_concurrent_streams_end_the_connection(make_server, big_file, ca_file):
+def test_a_stream_beyond_max_concurrent_streams_is_refused_alone(make_server, big_file, ca_file):
+    """RFC 9113 section 5.1.2: the excess stream gets RST_STREAM REFUSED_STREAM; the connection and
+    the streams within the limit carry on."""
     srv = make_server(max_concurrent_streams=5, **big_file.server_options())
     # Window 0: every response stays open after its HEADERS.
     with H2Client.tls(srv.port, ca_file, settings={SettingCodes.INITIAL_WINDOW_SIZE: 0},
                       flow_control="manual") as client:
         client.receive_until(lambda: bool(client.server_settings))
+        assert client.server_settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 5
         sids = [client.request(big_file.url_path) for _ in range(5)]
         client.receive_until(lambda: all(client.responses[s].status == 200 for s in sids))
-        # h2 will not exceed the limit itself: the sixth request is written by hand.
+        # h2 will not exceed the limit itself: let the client's h2 believe the limit is higher.
+        values = dict(client.conn.remote_settings.items())
+        values[SettingCodes.MAX_CONCURRENT_STREAMS] = 100
+        client.conn.remote_settings = Settings(client=False, initial_values=values)
+        sixth = client.request(big_file.url_path)
+        client.receive_until(lambda: client.responses[sixth].reset_code is not None)
+        assert client.responses[sixth].reset_code == ErrorCodes.REFUSED_STREAM
+        assert client.responses[sixth].status is None
+        assert not client.goaways
+        # The five streams within the limit still get their data once the window opens.
+        client.grant(sids[0], 100_000)
+        client.receive_until(lambda: client.responses[sids[0]].received >= 100_000)
+
+
+def test_far_beyond_max_concurrent_streams_ends_the_connection(make_server, big_file, ca_file):
+    """A client that keeps opening streams past the limit is a protocol violator: GOAWAY."""
+    srv = make_server(max_concurrent_streams=5, **big_file.server_options())
+    with H2Client.tls(srv.port, ca_file, settings={SettingCodes.INITIAL_WINDOW_SIZE: 0},
+                      flow_control="manual") as client:
+        client.receive_until(lambda: bool(client.server_settings))
+        sids = [client.request(big_file.url_path) for _ in range(5)]
+        client.receive_until(lambda: all(client.responses[s].status == 200 for s in sids))
         block = client.conn.encoder.encode(client.responses[sids[0]].request_headers)
-        client.send_raw(HeadersFrame(client.conn.get_next_available_stream_id(), block,
-                                     flags=["END_HEADERS", "END_STREAM"]).serialize())
+        sid = client.conn.get_next_available_stream_id()
+        frames = b"".join(HeadersFrame(sid + 2 * i, block, flags=["END_HEADERS"]).serialize()
+                          for i in range(40))  # no END_STREAM: these stay open
+        client.send_raw(frames)
         goaway = connection_error(client)
-    # h2 treats the excess stream as a connection error (RFC 9113 5.1.2 allows a stream error too).
     assert goaway.error_code == ErrorCodes.PROTOCOL_ERROR
-    assert goaway.last_stream_id == sids[-1]
 
 
 # -- concurrency -------------------------------------------------------------------------------------------

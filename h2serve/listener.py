@@ -1,0 +1,121 @@
+"""Listening sockets and the accept loop, with a cap on connections at once.
+
+asyncio's own `create_server` accepts as long as the kernel hands out sockets, and on EMFILE it
+logs an error and retries a second later. A public server wants a limit of its own: at
+`max_connections` (handshakes in progress included) the listener stops accepting, and new clients
+wait in the kernel's backlog until a connection closes. The accepted socket is handed to
+`loop.connect_accepted_socket`, which does the TLS handshake with its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+log = logging.getLogger("h2serve")
+
+BACKLOG = 1024
+ACCEPT_BATCH = 64               # connections accepted per wake-up, so one listener cannot hog the loop
+RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+RESOURCE_RETRY = 1.0            # seconds to stop accepting after running out of file descriptors
+
+
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address `host` resolves to (port 0: each gets a free port)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if address in seen:
+                continue
+            seen.add(address)
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class Acceptor:
+    """Accepts connections on one listening socket while `room()` says there is room."""
+
+    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
+                 ssl_ctx: ssl.SSLContext | None, handshake_timeout: float,
+                 room: Callable[[], bool]) -> None:
+        self.sock = sock
+        self.factory = factory
+        self.ssl_ctx = ssl_ctx
+        self.handshake_timeout = handshake_timeout
+        self.room = room
+        self.handshakes = 0            # TLS handshakes under way: they count as connections
+        self.accepting = False
+        self.closed = False
+        self._loop = asyncio.get_running_loop()
+        self._warned = False
+
+    def start(self) -> None:
+        """Accept again (after a pause); a no-op while accepting or once closed."""
+        if not self.accepting and not self.closed:
+            self.accepting = True
+            self._loop.add_reader(self.sock.fileno(), self._accept)
+
+    def pause(self) -> None:
+        if self.accepting:
+            self.accepting = False
+            self._loop.remove_reader(self.sock.fileno())
+
+    def close(self) -> None:
+        self.pause()
+        self.closed = True
+        self.sock.close()
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if not self.room():
+                self.pause()  # resumed by the server when a connection closes
+                return
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                self._accept_failed(e)
+                return
+            conn.setblocking(False)
+            self.handshakes += 1
+            task = self._loop.create_task(self._loop.connect_accepted_socket(
+                self.factory, conn, ssl=self.ssl_ctx,
+                ssl_handshake_timeout=self.handshake_timeout if self.ssl_ctx else None))
+            task.add_done_callback(self._handshake_done)
+
+    def _handshake_done(self, task: asyncio.Task[object]) -> None:
+        self.handshakes -= 1
+        if not task.cancelled() and task.exception() is not None:
+            # A client that fails or stalls its TLS handshake: nothing the operator can act on.
+            log.debug("TLS handshake failed: %s", task.exception())
+        if not self.accepting and self.room():
+            self.start()
+
+    def _accept_failed(self, error: OSError) -> None:
+        if error.errno in RESOURCE_ERRORS:
+            if not self._warned:
+                log.warning("out of file descriptors (%s): not accepting for %gs; raise `ulimit -n` "
+                            "or lower --max-connections", error.strerror, RESOURCE_RETRY)
+                self._warned = True
+            self.pause()
+            self._loop.call_later(RESOURCE_RETRY, self.start)
+        else:
+            log.warning("accept failed: %s", error)
