@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 from collections import OrderedDict
+from collections.abc import Callable
 
 try:
     import brotli  # the optional `brotli` extra
@@ -71,7 +72,9 @@ def choose(header: bytes | None, available: tuple[str, ...]) -> str | None:
         value = q.get(coding, star)
         if value > best_q:
             best, best_q = coding, value
-    identity_q = q.get("identity", star if "*" in q else 1.0)
+    # Identity is acceptable unless refused, but a client that names a coding wants it, whatever
+    # its q-value (`gzip;q=0.5`): identity wins only where the header rates it, or `*`, higher.
+    identity_q = q.get("identity", star)
     if best is not None and best_q >= identity_q:
         return best
     return None
@@ -92,12 +95,18 @@ class CompressionCache:
         self.size = 0
         self._items: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
 
-    def get(self, path: str, etag: str, coding: str, data: bytes) -> bytes:
+    def get(self, path: str, etag: str, coding: str,
+            source: Callable[[], bytes | None]) -> bytes | None:
+        """The compressed bytes of one file version; `source()` (the file's contents, or None if
+        they cannot be had) is called only when they are not cached yet."""
         key = (path, etag, coding)
         found = self._items.get(key)
         if found is not None:
             self._items.move_to_end(key)
             return found
+        data = source()
+        if data is None:
+            return None
         out = compress(data, coding)
         self._items[key] = out
         self.size += len(out)

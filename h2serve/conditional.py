@@ -9,6 +9,7 @@ and denies clients the overlapping-range amplification that multipart answers in
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
@@ -87,21 +88,33 @@ def byte_range(headers: dict[bytes, bytes], length: int, v: Validators) -> tuple
     if value is None or not _if_range_holds(headers.get(b"if-range"), v):
         return None
     unit, _, spec = value.decode("latin-1").partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    if unit.strip().lower() != "bytes":
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or (not first and last.isdigit())) or (last and not last.isdigit()):
+    match = RANGE_SPEC.fullmatch(spec.strip())  # one range; several (a comma) do not match
+    if match is None or not (match["first"] or match["last"]):
         return None
+    first, last = match["first"], match["last"]
     if not first:  # suffix: the last N bytes
-        n = int(last)
+        n = _number(last)
         return (max(0, length - n), length - 1) if n > 0 and length > 0 else UNSATISFIABLE
-    start = int(first)
-    end = min(int(last), length - 1) if last else length - 1
-    if last and int(last) < start:
+    start = _number(first)
+    if last and _number(last) < start:
         return None  # invalid range-spec: ignored
     if start >= length:
         return UNSATISFIABLE
+    end = min(_number(last), length - 1) if last else length - 1
     return start, end
+
+
+# ASCII digits only: str.isdigit() also takes "²" and the like, which int() then refuses.
+RANGE_SPEC = re.compile(r"(?P<first>[0-9]*)-(?P<last>[0-9]*)", re.ASCII)
+BIG = 1 << 63  # beyond any file; stands for numbers too long to convert
+
+
+def _number(digits: str) -> int:
+    """A range bound; absurdly long ones (int() refuses over 4300 digits) count as BIG."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else BIG
 
 
 def _if_range_holds(value: bytes | None, v: Validators) -> bool:

@@ -59,13 +59,20 @@ class FileEntry:
 
 
 class FileCache:
-    """Entries by path; `watch(folder) -> bool` (set by the I/O glue) subscribes to changes."""
+    """Entries by path; `watch(folder) -> bool` (set by the I/O glue) subscribes to changes, and
+    `sync()` (set with it) handles the changes already reported but not yet seen."""
 
     def __init__(self) -> None:
         self._entries: dict[str, FileEntry] = {}
         self._by_real: dict[str, set[str]] = {}
         self._cached_bytes = 0
         self.watch: Callable[[str], bool] | None = None
+        self.sync: Callable[[], None] | None = None
+
+    def catch_up(self) -> None:
+        """Take in the changes reported so far; call before answering a request."""
+        if self.sync is not None:
+            self.sync()
 
     def get(self, path: str, root: Path) -> FileEntry | None:
         """The entry for `path` if it is a regular file inside `root`, else None."""
@@ -84,19 +91,17 @@ class FileCache:
                 return False
         except (OSError, ValueError):
             return False
-        return _within(os.path.realpath(path), root)
+        return within(os.path.realpath(path), root)
 
     def changed(self, path: str) -> None:
         """Forget what is known of `path`, of anything below it, and of the file it is a sibling of.
 
         Called by the watcher for every change it sees; cheap when nothing matches.
         """
-        stale = [p for p in (path, *self._by_real.get(path, ())) if p in self._entries]
+        named = [path, *(path[:-len(suffix)] for suffix in SIBLINGS.values() if path.endswith(suffix))]
+        stale = [p for n in named for p in (n, *self._by_real.get(n, ()))]  # by path and real path
         prefix = path.rstrip(os.sep) + os.sep
         stale += [p for p, e in self._entries.items() if p.startswith(prefix) or e.real.startswith(prefix)]
-        for suffix in SIBLINGS.values():
-            if path.endswith(suffix):
-                stale.append(path[:-len(suffix)])
         for p in stale:
             self._forget(p)
 
@@ -115,40 +120,59 @@ class FileCache:
     # -- loading ------------------------------------------------------------------------------
 
     def _load(self, path: str, root: Path, old: FileEntry | None) -> FileEntry | None:
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        real = os.path.realpath(path)
-        if not _within(real, root) or not _same_file(real, st):
-            return None
+        for _ in range(3):
+            try:
+                st = os.stat(path)
+            except (OSError, ValueError):
+                return None
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            real = os.path.realpath(path)
+            if not within(real, root) or not _same_file(real, st):
+                return None
+            watched = self._watch(path, real, root)
+            # A change made before the watch began is reported to no one: look again after it.
+            if not watched or _unchanged(path, st):
+                break
+        else:
+            watched = False  # changing as we look: trusted only for REVALIDATE seconds
         now = time.monotonic()
         if old is not None and (old.size, old.mtime_ns, old.dev, old.ino) == (
                 st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino):
             old.checked = now
+            old.watched = watched
+            self._attach_siblings(old, root)  # unwatched until now: they may have come, gone or changed
             return old
         self._forget(path)
         entry = FileEntry(path, real, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, now, None)
         if st.st_size <= SMALL_FILE and self._cached_bytes + st.st_size <= CACHE_BYTES:
             entry.data = _read_exact(entry)
             self._cached_bytes += len(entry.data or b"")
-        if not path.endswith(tuple(SIBLINGS.values())):
-            for coding, suffix in SIBLINGS.items():
-                sibling = self.get(path + suffix, root)
-                if sibling is not None:
-                    entry.siblings[coding] = sibling
-        entry.watched = self._watch(path, real)
+        self._attach_siblings(entry, root)
+        entry.watched = watched
         self._entries[path] = entry
         self._by_real.setdefault(real, set()).add(path)
         return entry
 
-    def _watch(self, path: str, real: str) -> bool:
+    def _attach_siblings(self, entry: FileEntry, root: Path) -> None:
+        """Look up the precompressed versions beside a file (not beside a sibling itself)."""
+        if entry.path.endswith(tuple(SIBLINGS.values())):
+            return
+        siblings = {}
+        for coding, suffix in SIBLINGS.items():
+            sibling = self.get(entry.path + suffix, root)
+            if sibling is not None:
+                siblings[coding] = sibling
+        entry.siblings = siblings
+
+    def _watch(self, path: str, real: str, root: Path) -> bool:
+        """Watch the folders of `path` and of its real path, and every folder above them up to
+        `root`: a folder renamed or replaced anywhere on the way is then reported too."""
         if self.watch is None:
             return False
-        folders = {os.path.dirname(path), os.path.dirname(real)}
-        return all(self.watch(folder) for folder in folders)
+        folders = {*_folders_up_to(os.path.dirname(path), root),
+                   *_folders_up_to(os.path.dirname(real), root)}
+        return all(self.watch(folder) for folder in sorted(folders))
 
     def _forget(self, path: str) -> None:
         old = self._entries.pop(path, None)
@@ -163,9 +187,29 @@ class FileCache:
                 del self._by_real[old.real]
 
 
-def _within(real: str, root: Path) -> bool:
+def within(real: str, root: Path) -> bool:
     base = str(root)
     return real == base or real.startswith(base + os.sep)
+
+
+def _folders_up_to(folder: str, root: Path) -> list[str]:
+    """`folder` and the folders above it, up to and including `root` (just `folder` if outside)."""
+    base = str(root)
+    out = [folder]
+    while folder != base and folder.startswith(base + os.sep):
+        folder = os.path.dirname(folder)
+        out.append(folder)
+    return out
+
+
+def _unchanged(path: str, st: os.stat_result) -> bool:
+    """Whether `path` is still the file, of the same size and time, that `st` describes."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return False
+    return (now.st_size, now.st_mtime_ns, now.st_dev, now.st_ino) == (
+        st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
 
 
 def _same_file(real: str, st: os.stat_result) -> bool:

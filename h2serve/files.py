@@ -24,7 +24,7 @@ from urllib.parse import quote, unquote_to_bytes
 from . import coding
 from .conditional import UNSATISFIABLE, Validators, byte_range, evaluate
 from .config import ConfigError
-from .filecache import FileCache, FileEntry, open_entry
+from .filecache import FileCache, FileEntry, open_entry, within
 from .response import BytesBody, FileBody, Headers, Response, http_date
 
 ALLOW = b"GET, HEAD"
@@ -131,6 +131,7 @@ class Policy:
     immutable_cache: str = "public, max-age=31536000, immutable"
     list_dirs: bool = False
     dotfiles: bool = False
+    max_target: int = 8192  # longest request target answered; longer ones get 414
 
 
 @dataclass(slots=True)
@@ -179,6 +180,10 @@ class Site:
         """Answer one request. Never raises for bad input: that is a 4xx answer."""
         if method not in ("GET", "HEAD"):
             return self.error(405, method, extra=[(b"allow", ALLOW)])
+        if len(target) > self.policy.max_target:
+            return self.error(414, method)
+        if _has_body(headers):
+            return self.error(413, method)  # every route here is GET-only: a body is never read
         try:
             segments = split_target(target)
         except BadTarget:
@@ -186,6 +191,7 @@ class Site:
         if not self.policy.dotfiles and _hidden(segments):
             return self.error(404, method)
         consulted = _consulted(headers)
+        self.cache.catch_up()  # an edit made before this request was sent is seen by it
         for _ in range(2):  # a file replaced since its lookup was cached is looked up again, once
             found = self.resolve(segments, target)
             if isinstance(found, Redirect):
@@ -262,10 +268,11 @@ class Site:
         if chosen in entry.siblings:
             sibling = entry.siblings[chosen]
             return chosen, sibling.data, f'"{sibling.size:x}-{sibling.mtime_ns:x}-{chosen}"'
-        raw = self.cache.read_whole(entry, coding.MAX_SIZE)
-        if raw is None:
+        # Files over SMALL_FILE are not in memory: read them only when not compressed yet.
+        data = self.compressed.get(entry.path, entry.etag, chosen,
+                                   lambda: self.cache.read_whole(entry, coding.MAX_SIZE))
+        if data is None:
             return None, entry.data, entry.etag
-        data = self.compressed.get(entry.path, entry.etag, chosen, raw)
         return chosen, data, f'{entry.etag[:-1]}-{chosen}"'
 
     def cache_control(self, path: str, ctype: bytes) -> bytes:
@@ -286,7 +293,7 @@ class Site:
         rows = []
         try:
             with os.scandir(found.path) as it:
-                names = sorted((not e.is_dir(), e.name) for e in it)
+                names = sorted((not e.is_dir(), e.name) for e in it if _listable(e, found.root))
         except OSError:
             return self.error(404, method)
         for is_file, name in names:
@@ -298,7 +305,8 @@ class Site:
                 f"<title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1>\n"
                 f"<ul>\n<li><a href=\"../\">../</a></li>\n{chr(10).join(rows)}\n</ul></body></html>\n")
         body = page.encode()
-        headers = [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-cache"),
+        headers = [(b"content-type", b"text/html; charset=utf-8"),
+                   (b"cache-control", self.policy.html_cache.encode()),
                    (b"content-length", str(len(body)).encode()), (b"date", http_date()),
                    (b"server", self.server)]
         return Response(200, headers, None if method == "HEAD" else BytesBody(body))
@@ -331,6 +339,8 @@ class Site:
             if segments[:n] != mount.prefix:
                 continue
             rest = segments[n:]
+            if not rest and n and target:
+                return Redirect(_with_slash(target))  # /static is a folder too: /static/
             if not rest or rest[-1] == "":
                 folder = os.path.join(mount.root, *rest[:-1])
                 entry = self.cache.get(os.path.join(folder, "index.html"), mount.root)
@@ -356,6 +366,25 @@ def _consulted(headers: Headers | None) -> dict[bytes, bytes]:
     return out
 
 
+def _listable(entry: os.DirEntry[str], root: Path) -> bool:
+    """Whether a listing shows an entry: only what a click on it could be served (a file or folder,
+    symlinks followed, that stays inside the root), so a link pointing out does not show its name."""
+    try:
+        if not (entry.is_file() or entry.is_dir()):
+            return False  # FIFOs, sockets, devices, dangling links
+        return not entry.is_symlink() or within(os.path.realpath(entry.path), root)
+    except OSError:
+        return False
+
+
+def _has_body(headers: Headers | None) -> bool:
+    """Whether a request announces a body (Content-Length above 0, or any Transfer-Encoding)."""
+    for name, value in headers or ():
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t0")):
+            return True
+    return False
+
+
 def _hidden(segments: tuple[str, ...]) -> bool:
     """A dotfile or dot-folder anywhere in the path (/.well-known/ aside, which is meant to be
     public)."""
@@ -363,10 +392,12 @@ def _hidden(segments: tuple[str, ...]) -> bool:
 
 
 def _with_slash(target: bytes) -> str:
+    """The target with a slash after its path, query kept. Runs of slashes are collapsed (as
+    `split_target` does), or `//host/dir` would redirect to another host."""
     path, sep, query = target.decode("latin-1").partition("?")
     if path.startswith(("http://", "https://")):
         path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
-    return path + "/" + sep + query
+    return re.sub("/{2,}", "/", path + "/") + sep + query
 
 
 def _existing_dir(path: str, option: str) -> Path:

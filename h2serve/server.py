@@ -81,7 +81,7 @@ class Server:
                                  server_name=cfg.server_name, policy=policy)
         watcher = Watcher(site.cache.changed, site.cache.clear)
         if watcher.start(asyncio.get_running_loop()):
-            site.cache.watch = watcher.add
+            site.cache.watch, site.cache.sync = watcher.add, watcher.drain
             self._watcher = watcher
         ssl_ctx = make_ssl_context(*self._certificate(), cfg.alpn) if cfg.bind else None
         try:

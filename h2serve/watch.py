@@ -30,6 +30,7 @@ IN_DELETE_SELF = 0x400
 IN_MOVE_SELF = 0x800
 IN_Q_OVERFLOW = 0x4000
 IN_IGNORED = 0x8000
+IN_ISDIR = 0x40000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
@@ -75,7 +76,9 @@ class Watcher:
         if wd < 0:
             return False
         self._folders[folder] = wd
-        self._by_wd[wd] = folder
+        # One folder may be reached by several paths (a symlinked alias): the kernel gives them one
+        # watch. Its events name the real path, which the cache maps to every alias of a file.
+        self._by_wd[wd] = os.path.realpath(folder)
         return True
 
     def close(self) -> None:
@@ -88,25 +91,40 @@ class Watcher:
         self._folders.clear()
         self._by_wd.clear()
 
-    def _read(self) -> None:
+    def drain(self) -> None:
+        """Handle every change already reported, now.
+
+        The event loop may well run a request's callback before the watcher's, even though the
+        change came first (epoll does not keep order); the cache calls this before answering, so a
+        file edited before a request was sent is never served stale. Nothing to read costs one
+        read(2) that fails with EAGAIN."""
+        while self._fd >= 0 and self._read():
+            pass
+
+    def _read(self) -> bool:
+        """Handle one batch of events; False when there was none."""
         try:
             data = os.read(self._fd, 64 * 1024)
         except BlockingIOError:
-            return
+            return False
         except OSError as e:
             log.warning("file watcher failed (%s); checking files by time instead", e)
             self.close()
             self.on_overflow()
-            return
+            return False
         offset = 0
         while offset + EVENT.size <= len(data):
             wd, mask, _, length = EVENT.unpack_from(data, offset)
             name = data[offset + EVENT.size:offset + EVENT.size + length].rstrip(b"\0")
             offset += EVENT.size + length
             self._event(wd, mask, os.fsdecode(name))
+        return bool(data)
 
     def _event(self, wd: int, mask: int, name: str) -> None:
         if mask & IN_Q_OVERFLOW:
+            # Events were lost, moves of folders perhaps: no watch can be trusted to name its path.
+            self._unwatch(list(self._by_wd))
+            self._folders.clear()
             self.on_overflow()
             return
         folder = self._by_wd.get(wd)
@@ -114,8 +132,28 @@ class Watcher:
             return
         if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
             # The folder itself went away: whatever was below it is unknown now.
-            del self._by_wd[wd]
-            self._folders.pop(folder, None)
+            self._forget_below(folder)
             self.on_change(folder)
             return
-        self.on_change(os.path.join(folder, name) if name else folder)
+        path = os.path.join(folder, name) if name else folder
+        if mask & IN_ISDIR and name:
+            # A subfolder created, deleted or moved: the paths at and below it may now lead to
+            # other folders than the ones watched under those names.
+            self._forget_below(path)
+        self.on_change(path)
+
+    def _forget_below(self, folder: str) -> None:
+        """Stop trusting the watches of `folder` and of every folder below it (by real path, and
+        by any path that led to them): the next `add` for those paths watches what is there now."""
+        prefix = folder.rstrip(os.sep) + os.sep
+        gone = [wd for wd, real in self._by_wd.items() if real == folder or real.startswith(prefix)]
+        for path in [p for p, wd in self._folders.items()
+                     if wd in gone or p == folder or p.startswith(prefix)]:
+            del self._folders[path]
+        self._unwatch(gone)
+
+    def _unwatch(self, wds: list[int]) -> None:
+        for wd in wds:
+            self._by_wd.pop(wd, None)
+            if self._libc is not None and self._fd >= 0:
+                self._libc.inotify_rm_watch(self._fd, wd)  # fails harmlessly if already gone

@@ -172,7 +172,7 @@ def test_server_name_option(make_server: Callable[..., RunningServer], client: h
 def test_not_found_serves_site_404_page(server: RunningServer, client: httpx.Client, proto: str) -> None:
     """A missing path is 404 with the site's own templates/404.html as an HTML body."""
     page = (TEMPLATES / "404.html").read_bytes()
-    for path in ("/nope", "/static/nope.css", "/static/css/", "/static", "/static/css/site"):
+    for path in ("/nope", "/static/nope.css", "/static/css/", "/static/", "/static/css/site"):
         r = fetch(client, proto, "GET", server.url + path)
         assert r.status_code == 404, path
         assert r.content == page, path

@@ -215,12 +215,13 @@ def test_malformed_request_rejected_and_closed(server: RunningServer, ca_file: s
 
 def test_bad_chunked_body_closes_connection(server: RunningServer, ca_file: str) -> None:
     """A request whose chunked body is malformed ends the connection: the answer already sent for
-    its head stands, and a request smuggled inside or after the body is never answered."""
+    its head (413: a GET takes no body) stands, and a request smuggled inside or after the body is
+    never answered."""
     data = raw_exchange(server.port, ca_file,
                         b"GET /about HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
                         b"zz\r\nGET /static/js/site.js HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert data.count(b"HTTP/1.1 ") == 1
-    assert data.startswith(b"HTTP/1.1 200 ")
+    assert data.startswith(b"HTTP/1.1 413 ")
     assert JS not in data
 
 

@@ -1,0 +1,296 @@
+"""The server's file cache (h2serve/filecache.py, watch.py): metadata and small files kept in memory,
+trusted while inotify reports no change, so that an edit is served on the very next request.
+
+Every edit here is followed at once by a request, with no sleep, on a connection that stays open;
+the last test drives `Site` directly (no sockets, no watcher) for the once-a-second fallback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import brotli
+import httpx
+import pytest
+from conftest import STATIC, TEMPLATES, RunningServer
+
+from h2serve.filecache import REVALIDATE, SMALL_FILE
+from h2serve.files import Site
+from h2serve.response import BytesBody, Response
+
+PROTOCOLS = ["h2", "http/1.1"]
+HTTPX_VERSION = {"h2": "HTTP/2", "http/1.1": "HTTP/1.1"}
+NOT_FOUND = (TEMPLATES / "404.html").read_bytes()
+
+
+@pytest.fixture(params=PROTOCOLS)
+def proto(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def client(proto: str, verify) -> Iterator[httpx.Client]:
+    with httpx.Client(http2=proto == "h2", verify=verify, timeout=15,
+                      headers={"accept-encoding": "identity"}) as c:
+        yield c
+
+
+@pytest.fixture
+def served(site: Path, make_server: Callable[..., RunningServer]) -> RunningServer:
+    return make_server(templates=str(site / "templates"), static=str(site / "static"))
+
+
+class Session:
+    """Requests on one client that must all travel on one connection."""
+
+    def __init__(self, client: httpx.Client, proto: str, base: str) -> None:
+        self.client, self.proto, self.base = client, proto, base
+        self.local: object = None
+
+    def get(self, path: str, **headers: str) -> httpx.Response:
+        r = self.client.get(self.base + path, headers=headers)
+        assert r.http_version == HTTPX_VERSION[self.proto]
+        local = r.extensions["network_stream"].get_extra_info("client_addr")
+        if self.local is None:
+            self.local = local
+        assert local == self.local, "a new connection was opened"
+        return r
+
+    def raw(self, path: str, accept_encoding: str) -> tuple[httpx.Response, bytes]:
+        with self.client.stream("GET", self.base + path, headers={"accept-encoding": accept_encoding}) as r:
+            assert r.http_version == HTTPX_VERSION[self.proto]
+            return r, b"".join(r.iter_raw())
+
+
+@pytest.fixture
+def session(served: RunningServer, client: httpx.Client, proto: str) -> Session:
+    s = Session(client, proto, served.url)
+    assert s.get("/").status_code == 200  # the connection is open before the first edit
+    return s
+
+
+# -- edits seen at once -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [64, SMALL_FILE + 1000], ids=["in-memory", "on-disk"])
+def test_rewrite_same_size_seen_at_once(site: Path, session: Session, size: int) -> None:
+    """Ten rewrites of a file, each the same size as the last, each requested right after the
+    write: every answer is the new content, and every ETag is new."""
+    path = site / "static" / "live.txt"
+    path.write_bytes(b"x" * size)
+    assert session.get("/static/live.txt").content == b"x" * size
+    etags = set()
+    for i in range(10):
+        content = (b"version %04d\n" % i).ljust(size, b".")
+        path.write_bytes(content)
+        r = session.get("/static/live.txt")
+        assert r.status_code == 200
+        assert r.content == content, f"edit {i} not seen"
+        assert r.headers["content-length"] == str(size)
+        etags.add(r.headers["etag"])
+    assert len(etags) == 10
+
+
+def test_rewrite_changing_size_seen_at_once(site: Path, session: Session) -> None:
+    """Growing and shrinking across the in-memory limit: right bytes, right Content-Length."""
+    path = site / "static" / "css" / "site.css"
+    for i, size in enumerate((10, SMALL_FILE - 1, SMALL_FILE + 1, 300_000, 5, 0, 100_000, 7)):
+        content = bytes([65 + i]) * size
+        path.write_bytes(content)
+        r = session.get("/static/css/site.css")
+        assert (r.status_code, r.headers["content-length"]) == (200, str(size))
+        assert r.content == content
+
+
+def test_page_edit_seen_at_once(site: Path, session: Session) -> None:
+    """Pages (/about is about.html) and the 404 page itself."""
+    for i in range(5):
+        (site / "templates" / "about.html").write_text(f"<p>about v{i}</p>\n")
+        (site / "templates" / "404.html").write_text(f"<p>missing v{i}</p>\n")
+        assert session.get("/about").text == f"<p>about v{i}</p>\n"
+        r = session.get("/nope")
+        assert (r.status_code, r.text) == (404, f"<p>missing v{i}</p>\n")
+
+
+def test_delete_then_create(site: Path, session: Session) -> None:
+    """A deleted file is 404 on the next request; a created one (even one just answered 404) is
+    200 on the next request."""
+    css = site / "static" / "css" / "site.css"
+    assert session.get("/static/css/site.css").status_code == 200
+    css.unlink()
+    r = session.get("/static/css/site.css")
+    assert (r.status_code, r.content) == (404, NOT_FOUND)
+    css.write_bytes(b"p { color: red }\n")
+    r = session.get("/static/css/site.css")
+    assert (r.status_code, r.content) == (200, b"p { color: red }\n")
+    for path, file in (("/static/new.txt", site / "static" / "new.txt"),
+                       ("/fresh", site / "templates" / "fresh.html")):
+        assert session.get(path).status_code == 404
+        file.write_text("brand new\n")
+        r = session.get(path)
+        assert (r.status_code, r.text) == (200, "brand new\n"), path
+        file.unlink()
+        assert session.get(path).status_code == 404, path
+
+
+@pytest.mark.parametrize("size", [100, 200_000], ids=["in-memory", "on-disk"])
+def test_atomic_replace_seen_at_once(site: Path, session: Session, size: int) -> None:
+    """os.replace() of a temporary file over the served one, ten times: the new content each time."""
+    target = site / "static" / "js" / "site.js"
+    etags = set()
+    for i in range(10):
+        tmp = site / "static" / "js" / f".site.js.tmp{i}"
+        content = (b"// build %d\n" % i).ljust(size, b" ")
+        tmp.write_bytes(content)
+        os.replace(tmp, target)
+        r = session.get("/static/js/site.js")
+        assert r.content == content, f"replacement {i} not seen"
+        etags.add(r.headers["etag"])
+    assert len(etags) == 10
+
+
+def test_precompressed_sibling_changes_seen_at_once(site: Path, session: Session) -> None:
+    """A sibling rewritten, removed, or added beside a cached file counts from the next request."""
+    static = site / "static"
+    css = (STATIC / "css/site.css").read_bytes()
+    (static / "x.css").write_bytes(css)
+    for i in range(3):
+        gz = gzip.compress(b"/* sibling %d */\n" % i + css, mtime=i)
+        (static / "x.css.gz").write_bytes(gz)
+        r, body = session.raw("/static/x.css", "gzip")
+        assert (r.headers["content-encoding"], body) == ("gzip", gz), i
+    (static / "x.css.gz").unlink()
+    r, body = session.raw("/static/x.css", "gzip")
+    assert r.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(body) == css  # compressed here now, from x.css itself
+    br = brotli.compress(b"/* br sibling */\n" + css)
+    (static / "x.css.br").write_bytes(br)
+    r, body = session.raw("/static/x.css", "br")
+    assert (r.headers["content-encoding"], body) == ("br", br)
+
+
+def test_folder_renamed_or_removed_above_a_file(site: Path, session: Session) -> None:
+    """A folder two levels above a cached file renamed and replaced (a deploy swapping a tree), or
+    removed: the next request sees the new tree, or 404."""
+    deep = site / "static" / "a" / "b"
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_text("old tree\n")
+    assert session.get("/static/a/b/f.txt").text == "old tree\n"
+    os.rename(site / "static" / "a", site / "static" / "a.old")
+    (site / "static" / "a" / "b").mkdir(parents=True)
+    (site / "static" / "a" / "b" / "f.txt").write_text("new tree\n")
+    assert session.get("/static/a/b/f.txt").text == "new tree\n"
+    assert session.get("/static/a.old/b/f.txt").text == "old tree\n"
+    shutil.rmtree(site / "static" / "a")
+    assert session.get("/static/a/b/f.txt").status_code == 404
+    # The static folder's own subfolder swapped by rename over it.
+    (site / "static" / "css.new").mkdir()
+    (site / "static" / "css.new" / "site.css").write_text("swapped\n")
+    assert session.get("/static/css/site.css").status_code == 200
+    shutil.rmtree(site / "static" / "css")
+    os.rename(site / "static" / "css.new", site / "static" / "css")
+    assert session.get("/static/css/site.css").text == "swapped\n"
+
+
+def test_symlink_target_edited(site: Path, session: Session) -> None:
+    """A symlink inside the site to a file elsewhere in it: editing the target shows through the
+    link at once (its real folder is watched too)."""
+    (site / "static" / "real").mkdir()
+    target = site / "static" / "real" / "t.txt"
+    target.write_text("one\n")
+    (site / "static" / "alias.txt").symlink_to(target)
+    assert session.get("/static/alias.txt").text == "one\n"
+    for i in range(5):
+        target.write_text(f"edit {i}\n")
+        assert session.get("/static/alias.txt").text == f"edit {i}\n"
+
+
+# -- without inotify: checked once a second -------------------------------------------------------------
+
+def body_of(response: Response) -> bytes:
+    body = response.body
+    assert isinstance(body, BytesBody)
+    return body.read(body.remaining)
+
+
+def test_fallback_revalidates_after_a_second(site: Path) -> None:
+    """`Site` alone has no watcher: entries are trusted for REVALIDATE seconds, then checked with
+    stat; edits, deletions, new files and precompressed siblings that came, changed or went are
+    all seen after that."""
+    static = site / "static"
+    s = Site.from_folders(root=None, templates=str(site / "templates"), static=str(static))
+    assert s.cache.watch is None
+    css = (STATIC / "css/site.css").read_bytes()
+    (static / "live.txt").write_bytes(b"one\n")
+    (static / "x.css").write_bytes(css)
+    old_gz = gzip.compress(b"/* old */" + css, mtime=1)
+    (static / "x.css.gz").write_bytes(old_gz)
+    gzip_asked = [(b"accept-encoding", b"gzip")]
+    br_asked = [(b"accept-encoding", b"br")]
+
+    first = s.respond("GET", b"/static/live.txt")
+    assert body_of(first) == b"one\n"
+    assert body_of(s.respond("GET", b"/static/x.css", gzip_asked)) == old_gz
+    assert brotli.decompress(body_of(s.respond("GET", b"/static/x.css", br_asked))) == css
+
+    (static / "live.txt").write_bytes(b"two\n")
+    new_gz = gzip.compress(b"/* new */" + css, mtime=2)
+    (static / "x.css.gz").write_bytes(new_gz)
+    br = brotli.compress(b"/* br */" + css)
+    (static / "x.css.br").write_bytes(br)
+    (static / "css" / "site.css").unlink()
+    # Within the second: the cached answers (what makes a hot file cost no system call).
+    assert body_of(s.respond("GET", b"/static/live.txt")) == b"one\n"
+    assert body_of(s.respond("GET", b"/static/x.css", gzip_asked)) == old_gz
+    assert s.respond("GET", b"/static/new.txt").status == 404
+    (static / "new.txt").write_bytes(b"new\n")
+    time.sleep(REVALIDATE + 0.1)
+
+    again = s.respond("GET", b"/static/live.txt")
+    assert body_of(again) == b"two\n"
+    assert dict(again.headers)[b"etag"] != dict(first.headers)[b"etag"]
+    assert body_of(s.respond("GET", b"/static/x.css", gzip_asked)) == new_gz
+    assert body_of(s.respond("GET", b"/static/x.css", br_asked)) == br
+    assert s.respond("GET", b"/static/css/site.css").status == 404
+    assert body_of(s.respond("GET", b"/static/new.txt")) == b"new\n"
+
+    (static / "x.css.gz").unlink()
+    time.sleep(REVALIDATE + 0.1)
+    coded = s.respond("GET", b"/static/x.css", gzip_asked)
+    assert gzip.decompress(body_of(coded)) == css  # the sibling is gone: compressed here
+
+
+def test_symlinked_folder_recreated(site: Path, session: Session) -> None:
+    """A folder reached through a symlinked alias (static/styles -> css), deleted and made again:
+    edits in the new folder still show through the alias at once."""
+    (site / "static" / "styles").symlink_to("css")
+    assert session.get("/static/styles/site.css").status_code == 200
+    assert session.get("/static/css/site.css").status_code == 200
+    shutil.rmtree(site / "static" / "css")
+    assert session.get("/static/styles/site.css").status_code == 404
+    (site / "static" / "css").mkdir()
+    for i in range(3):
+        (site / "static" / "css" / "site.css").write_text(f"v{i}\n")
+        assert session.get("/static/styles/site.css").text == f"v{i}\n", i
+    assert session.get("/static/css/site.css").text == "v2\n"
+    for i in range(3, 6):
+        (site / "static" / "css" / "site.css").write_text(f"v{i}\n")
+        assert session.get("/static/styles/site.css").text == f"v{i}\n", i
+        assert session.get("/static/css/site.css").text == f"v{i}\n", i
+
+
+def test_whole_static_folder_swapped(site: Path, session: Session) -> None:
+    """The served folder itself renamed away and a new one put in its place (a deploy)."""
+    assert session.get("/static/css/site.css").status_code == 200
+    assert session.get("/static/docs.txt").status_code == 200
+    os.rename(site / "static", site / "static.old")
+    (site / "static" / "css").mkdir(parents=True)
+    (site / "static" / "css" / "site.css").write_text("release 2\n")
+    assert session.get("/static/css/site.css").text == "release 2\n"
+    assert session.get("/static/docs.txt").status_code == 404
+    (site / "static" / "css" / "site.css").write_text("release 2.1\n")
+    assert session.get("/static/css/site.css").text == "release 2.1\n"
