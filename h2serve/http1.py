@@ -2,14 +2,17 @@
 
 Requests on a keep-alive connection are answered one at a time, in order: while a response is
 being sent, h11 holds any pipelined requests behind it (it answers PAUSED) and they are taken up
-when the response ends. Bodies are written chunk by chunk while the transport is not paused; and
-reading stops while more than INPUT_BUFFER_MAX bytes of input wait behind a response in flight, so
-a client that pipelines without reading cannot make the server buffer without bound.
+when the response ends. Bodies are written chunk by chunk while the transport is not paused, and no
+further pipelined request is taken up while it is paused; reading stops while more than
+INPUT_BUFFER_MAX bytes of input wait behind a response in flight or a paused transport, so a client
+that pipelines without reading cannot make the server buffer without bound, even when every answer
+is small enough to go out in one write.
 
 Beyond what h11 checks, a request head larger than max_header_list_size is refused with 431 (h11
-only limits a head that arrives incomplete), and a request with both Content-Length and
-Transfer-Encoding is refused with 400 and the connection closed (RFC 9112 section 6.1: such a
-message is a smuggling attempt or broken).
+only limits a head that arrives incomplete), or 414 when the request line alone is over it; a
+request with both Content-Length and Transfer-Encoding, or with a header folded over two lines
+(obs-fold, which h11 would unfold), is refused with 400 and the connection closed (RFC 9112
+sections 6.1 and 5.2: such a message is a smuggling attempt or broken).
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("h2serve")
 
 CHUNK = 64 * 1024
-WRITE_BUFFER_HIGH = 512 * 1024
+WRITE_BUFFER_HIGH = 128 * 1024  # what a client that does not read can make us hold (see http2.py)
 INPUT_BUFFER_MAX = 256 * 1024  # unparsed input held behind a response in flight before reading stops
+CLOSE_AFTER = frozenset({413, 414, 431})  # answers after which the connection closes
 
 
 class H1Protocol(asyncio.Protocol):
@@ -55,6 +59,8 @@ class H1Protocol(asyncio.Protocol):
         self.last_active = time.monotonic()  # connection made, or last response finished
         self.head_started: float | None = None  # first byte of a request head not yet complete
         self.paused_at = 0.0
+        self.closed_at = 0.0
+        self._head_scanned = 0  # bytes at the front of h11's buffer known to hold no complete head
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -70,9 +76,10 @@ class H1Protocol(asyncio.Protocol):
             self.head_started = time.monotonic()  # cleared when the request head is complete
         self.conn.receive_data(data)
         self._next_requests()
-        # Input left unparsed waits for the response in flight; stop reading if it piles up.
-        if (self.body is not None and not self.reading_paused and not self.closed
-                and self.transport is not None and len(self.conn.trailing_data[0]) > INPUT_BUFFER_MAX):
+        # Input left unparsed waits for the response in flight (or for the client to read what it
+        # was sent); stop reading if it piles up.
+        if ((self.body is not None or self.paused) and not self.reading_paused and not self.closed
+                and self.transport is not None and len(_buffered(self.conn)) > INPUT_BUFFER_MAX):
             self.reading_paused = True
             self.transport.pause_reading()
 
@@ -102,14 +109,20 @@ class H1Protocol(asyncio.Protocol):
     def _next_requests(self) -> None:
         """Take events from h11 until a response is in progress or more input is needed."""
         conn = self.conn
-        while not self.closed and self.body is None:
+        while not self.closed and self.body is None and not self.paused:
             if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                 conn.start_next_cycle()  # the next pipelined request, if any, is now readable
+            if conn.their_state is h11.IDLE and self._folded_head():
+                self._protocol_error(h11.RemoteProtocolError(
+                    "header folded over two lines (obs-fold)", error_status_hint=400))
+                return
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as e:
                 self._protocol_error(e)
                 return
+            if isinstance(event, h11.Request):
+                self._head_scanned = 0  # h11 took the head off the front of its buffer
             if event is h11.NEED_DATA:
                 if not conn.trailing_data[0]:
                     self.head_started = None  # nothing of a next request yet: idle, not slow
@@ -149,6 +162,9 @@ class H1Protocol(asyncio.Protocol):
         except Exception:
             log.exception("error answering %s %s", method, target)
             response, hints = self.shared.site.error(500, method), b""
+        if response.status in CLOSE_AFTER:
+            # A request refused for its size: its body (or the rest of it) is not worth reading.
+            response.headers.append((b"connection", b"close"))
         self.entry = (method, target, protocol, response.status, referer, user_agent)
         self.send_response(response, hints)
 
@@ -232,10 +248,28 @@ class H1Protocol(asyncio.Protocol):
             self.shared.access_log.log(
                 self.client, method, target, protocol, status, self.sent, referer, user_agent)
 
+    def _folded_head(self) -> bool:
+        """Whether the complete request head at the front of h11's buffer has a line that begins
+        with a space or tab: obs-fold, which h11 accepts (joining the lines) and RFC 9112 section
+        5.2 lets a server refuse. An incomplete head is left to h11 (and to its size limit); the
+        search for the head's end resumes where it stopped, so a head that trickles in is scanned
+        once, not once per byte."""
+        data = _buffered(self.conn)
+        limit = self.shared.config.max_header_list_size + 4
+        start = max(0, self._head_scanned - 3)
+        ends = [i for i in (data.find(b"\n\r\n", start, limit), data.find(b"\n\n", start, limit)) if i >= 0]
+        if not ends:
+            self._head_scanned = min(len(data), limit)
+            return False
+        end = min(ends)
+        return data.find(b"\n ", 0, end) >= 0 or data.find(b"\n\t", 0, end) >= 0
+
     def _protocol_error(self, error: h11.RemoteProtocolError) -> None:
         """A malformed request: answer with the status h11 suggests (400, 431, ...) and close."""
         log.info("bad HTTP/1.1 request from %s: %s", self.client, error)
         status = error.error_status_hint
+        if status == 431 and self.conn.our_state is h11.IDLE and b"\n" not in _buffered(self.conn):
+            status = 414  # the head is over the limit before its request line even ends
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             self.entry = ("-", "-", "HTTP/1.1", status, None, None)
         self._send_error_and_close(status)
@@ -259,6 +293,7 @@ class H1Protocol(asyncio.Protocol):
         if self.closed or self.transport is None:
             return
         self.closed = True
+        self.closed_at = time.monotonic()
         self.transport.close()
 
     def shutdown(self) -> None:
@@ -272,14 +307,18 @@ class H1Protocol(asyncio.Protocol):
             self.transport.abort()
 
     def check(self, now: float) -> None:
-        """Timeouts: a client not reading, a request head sent too slowly, an idle connection."""
-        if self.closed:
-            return
+        """Timeouts: a client not reading, a request head sent too slowly, an idle connection, and a
+        close that does not complete (the transport waits for the client to read what is left)."""
         cfg = self.shared.config
+        if self.closed:
+            if self.transport is not None and now - self.closed_at > cfg.send_timeout:
+                self.transport.abort()
+            return
+        if self.paused and now - self.paused_at > cfg.send_timeout:
+            log.info("client %s has read nothing for %gs: closing", self.client, cfg.send_timeout)
+            self.abort()
+            return
         if self.body is not None:
-            if self.paused and now - self.paused_at > cfg.send_timeout:
-                log.info("client %s has read nothing for %gs: closing", self.client, cfg.send_timeout)
-                self.abort()
             return
         if self.head_started is not None and now - self.head_started > cfg.header_timeout:
             # Slowloris: the head trickles in. Like nginx, log a 408 and close without answering.
@@ -291,6 +330,12 @@ class H1Protocol(asyncio.Protocol):
             self.close()
 
 
+def _buffered(conn: h11.Connection) -> bytes | bytearray:
+    """The input h11 holds unparsed, without copying it (h11's `trailing_data` copies it all)."""
+    data = getattr(getattr(conn, "_receive_buffer", None), "_data", None)
+    return data if isinstance(data, bytearray) else conn.trailing_data[0]
+
+
 def _request_problem(request: h11.Request, max_head: int) -> tuple[int, str] | None:
     """What h11 lets through but the server refuses: (status, reason), or None if acceptable."""
     names = {name for name, _ in request.headers}
@@ -300,5 +345,7 @@ def _request_problem(request: h11.Request, max_head: int) -> tuple[int, str] | N
     size = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n\r\n") + sum(
         len(name) + len(value) + 4 for name, value in request.headers)
     if size > max_head:
+        if len(request.method) + len(request.target) + 11 > max_head:
+            return 414, f"request line over the {max_head}-byte limit"
         return 431, f"request head of {size} bytes is over the {max_head}-byte limit"
     return None

@@ -5,6 +5,13 @@ frames out. Bodies are pulled chunk by chunk, each stream round-robin, only as f
 stream and connection windows allow and only while the transport is not paused, so memory per
 connection stays bounded; a WINDOW_UPDATE (or a larger SETTINGS_INITIAL_WINDOW_SIZE) wakes the
 blocked streams. All frames produced while handling one batch of input leave in one write.
+
+Abuse is stopped frame by frame, inside h2's own parsing loop (`_FrameBuffer`): every frame that
+costs the client nothing is charged to a budget (limits.py) before h2 acts on it, and a header
+block is refused as soon as it grows past the advertised SETTINGS_MAX_HEADER_LIST_SIZE. Stopping
+there, rather than at the events h2 returns, matters: h2 handles a whole read (up to 256 KiB, some
+ten thousand PINGs) before returning any event, queueing an answer to each, and frames on closed
+streams produce no event at all.
 """
 
 from __future__ import annotations
@@ -24,20 +31,34 @@ from h2.events import (
     ConnectionTerminated,
     DataReceived,
     PingAckReceived,
-    PingReceived,
-    PriorityUpdated,
     RemoteSettingsChanged,
     RequestReceived,
     StreamEnded,
     StreamReset,
     WindowUpdated,
 )
-from h2.exceptions import NoAvailableStreamIDError, ProtocolError
+from h2.exceptions import DenialOfServiceError, FrameDataMissingError, NoAvailableStreamIDError, ProtocolError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
+from h2.stream import H2Stream
+from hpack import Decoder, HPACKError, OversizedHeaderListError
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    ExtensionFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    PriorityFrame,
+    PushPromiseFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 from .accesslog import client_host
-from .limits import FrameBudgets
+from .limits import FrameBudgets, TokenBucket
 from .push import Client, PushPlan
 from .response import Body, Response
 
@@ -56,13 +77,17 @@ H2_CONFIG = H2Configuration(
     validate_inbound_headers=True,
     normalize_inbound_headers=True,
 )
-FLUSH_BYTES = 256 * 1024          # write out what is queued once this much has built up
-WRITE_BUFFER_HIGH = 512 * 1024    # transport buffer above which we stop producing frames
+# Memory per connection that does not read: what the transport holds above the kernel's socket
+# buffer. It is what many slow readers multiply (2,000 of them at 512 KiB would be 1 GiB); the
+# kernel's own buffer, autotuned to megabytes, is what keeps a fast reader's pipe full.
+FLUSH_BYTES = 64 * 1024           # write out what is queued once this much has built up
+WRITE_BUFFER_HIGH = 128 * 1024    # transport buffer above which we stop producing frames
 SHUTDOWN_PING = b"h2s-shut"
 SHUTDOWN_PING_WAIT = 2.0          # seconds to wait for the PING ACK before the final GOAWAY
-MAX_OUTPUT_BUFFER = 2 * 1024 * 1024  # bytes waiting to be written before a client is cut off
+MAX_OUTPUT_BUFFER = 512 * 1024   # bytes waiting to be written before a client is cut off
 STREAM_SLACK = 16                 # streams h2 itself accepts beyond the advertised limit (refused)
 MAX_PUSHES_PER_PAGE = 100        # a bound of our own, whatever the client allows
+MAX_CONTINUATIONS = 32           # CONTINUATION frames in one header block (h2 allows 64)
 STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
 
 
@@ -82,12 +107,121 @@ class _StateMachine(H2ConnectionStateMachine):
     }
 
 
-class _Connection(H2Connection):
-    """An `H2Connection` that lives on after the client's GOAWAY (see `_StateMachine`)."""
+class CompressionError(ProtocolError):
+    """A header block that cannot be decoded: RFC 9113 section 4.3 makes it a connection error of
+    type COMPRESSION_ERROR (h2 reports PROTOCOL_ERROR)."""
 
-    def __init__(self, config: H2Configuration) -> None:
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+class _Decoder(Decoder):
+    """hpack's decoder, with decoding errors raised as `CompressionError`.
+
+    h2 turns every HPACK error into a plain ProtocolError; an h2 exception raised here passes
+    through h2 unchanged, so the GOAWAY it sends carries COMPRESSION_ERROR."""
+
+    def decode(self, data: bytes, raw: bool = False):  # type: ignore[no-untyped-def]
+        try:
+            return super().decode(data, raw)
+        except OversizedHeaderListError:
+            raise  # h2 makes it ENHANCE_YOUR_CALM
+        except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as e:
+            raise CompressionError(f"header block cannot be decoded: {e}") from e
+
+
+class _FrameBuffer(FrameBuffer):
+    """h2's frame splitter, charging each frame to the connection's budgets as h2 takes it.
+
+    h2 iterates over this buffer and hands each frame to its state machine; an h2 ProtocolError
+    raised here makes h2 queue a GOAWAY with that error's code (ENHANCE_YOUR_CALM for
+    DenialOfServiceError) and re-raise to `H2Protocol.data_received`, which sends it and closes.
+    Frames on closed streams, which h2 drops without an event, are charged too.
+    """
+
+    def __init__(self, budgets: FrameBudgets, max_header_block: int, streams: dict[int, H2Stream]) -> None:
+        super().__init__(server=True)
+        self.budgets = budgets
+        self.max_header_block = max_header_block
+        self.streams = streams  # h2's own table, to tell a Rapid Reset from a late RST_STREAM
+        self._block_size = 0
+        self._block_frames = 0
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= 9 and data[3] == 0x4 and data[4] & 0x1 and data[:3] != b"\0\0\0":
+            # RFC 9113 section 6.5: FRAME_SIZE_ERROR (hyperframe's complaint would be PROTOCOL_ERROR).
+            raise FrameDataMissingError("SETTINGS ACK with a payload")
+        return super().__next__()
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        if f is not None:
+            budget = self._budget(f)
+            if budget is not None and not budget[1].take():
+                raise DenialOfServiceError(f"{budget[0]} flood")
+            if isinstance(f, HeadersFrame | PushPromiseFrame) and not self._headers_buffer:
+                self._block_size, self._block_frames = len(f.data), 0
+                self._check_block()
+            elif (isinstance(f, ContinuationFrame) and self._headers_buffer
+                  and f.stream_id == self._headers_buffer[0].stream_id):
+                self._block_size += len(f.data)
+                self._block_frames += 1
+                self._check_block()
+        return super()._update_header_buffer(f)
+
+    def _check_block(self) -> None:
+        if self._block_size > self.max_header_block:
+            raise DenialOfServiceError(
+                f"header block over SETTINGS_MAX_HEADER_LIST_SIZE ({self.max_header_block} bytes)")
+        if self._block_frames > MAX_CONTINUATIONS:
+            raise DenialOfServiceError(f"header block in over {MAX_CONTINUATIONS} CONTINUATION frames")
+
+    def _budget(self, f: Frame) -> tuple[str, TokenBucket] | None:
+        b = self.budgets
+        if isinstance(f, DataFrame):
+            return ("empty DATA", b.empty_data) if not f.data and "END_STREAM" not in f.flags else None
+        if isinstance(f, HeadersFrame | ContinuationFrame):
+            return None
+        if isinstance(f, RstStreamFrame):
+            # h2 has already handled every frame before this one, the HEADERS that opened the
+            # stream included: a stream still open is one whose answer is not complete (Rapid
+            # Reset spends from the reset budget, which completed streams refill). A RST_STREAM
+            # for a stream already closed costs a token of its own.
+            stream = self.streams.get(f.stream_id)
+            if stream is not None and not stream.closed:
+                return "streams reset as fast as they are opened (Rapid Reset); RST_STREAM", b.resets
+            return "RST_STREAM", b.rst_frames
+        if isinstance(f, PingFrame):
+            return "PING", b.pings
+        if isinstance(f, SettingsFrame):
+            return "SETTINGS", b.settings
+        if isinstance(f, WindowUpdateFrame):
+            return "WINDOW_UPDATE", b.window_updates
+        if isinstance(f, PriorityFrame):
+            return "PRIORITY", b.priorities
+        if isinstance(f, ExtensionFrame | GoAwayFrame):
+            return "unknown or GOAWAY frame", b.other
+        return None
+
+
+class _Connection(H2Connection):
+    """An `H2Connection` that lives on after the client's GOAWAY (see `_StateMachine`), charges
+    every frame it reads to `budgets` and enforces the header list size it advertises."""
+
+    def __init__(self, config: H2Configuration, budgets: FrameBudgets, max_header_list_size: int) -> None:
         super().__init__(config=config)
         self.state_machine = _StateMachine()
+        self.incoming_buffer = _FrameBuffer(budgets, max_header_list_size, self.streams)
+        # h2 reads the header list limit into its HPACK decoder only at construction or on a
+        # SETTINGS ACK of a change: enforce the limit we advertise, not h2's default of 64 KiB.
+        self.decoder = _Decoder(max_header_list_size=max_header_list_size)
+
+    def release(self) -> None:
+        """Break the reference cycle h2 makes of itself (a table of its own bound methods), so
+        that a closed connection is freed at once rather than by the cyclic garbage collector,
+        which under churn lets tens of megabytes of dead connections pile up between its runs."""
+        self._frame_dispatch_table = {}
+        self.streams.clear()
+        self.incoming_buffer = FrameBuffer(server=True)
 
     def clear_outbound_data_buffer(self) -> None:
         # h2 calls this only on receiving a GOAWAY, dropping what it queued for the frames read just
@@ -122,15 +256,13 @@ class H2Protocol(asyncio.Protocol):
         self.shared = shared
         self.tls = tls
         cfg = shared.config
-        self.conn = _Connection(config=H2_CONFIG)
+        self.budgets = FrameBudgets()
+        self.conn = _Connection(H2_CONFIG, self.budgets, cfg.max_header_list_size)
         self.conn.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: cfg.max_concurrent_streams,
             SettingCodes.INITIAL_WINDOW_SIZE: cfg.initial_window_size,
             SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_header_list_size,
         })
-        # h2 reads the header list limit into its HPACK decoder only at construction or on a
-        # SETTINGS ACK of a change: enforce the limit we advertise, not h2's default of 64 KiB.
-        self.conn.decoder.max_header_list_size = cfg.max_header_list_size
         self.transport: asyncio.Transport | None = None
         self.client = "-"
         self.streams: dict[int, _Stream] = {}
@@ -146,7 +278,7 @@ class H2Protocol(asyncio.Protocol):
         self.scheme = "https" if tls else "http"
         self._shutdown_timer: asyncio.TimerHandle | None = None
         self._queued = 0
-        self.budgets = FrameBudgets()
+        self.closed_at = 0.0
         self.last_active = time.monotonic()     # last input, or last stream finished
         self.paused_at = 0.0
         self._handlers = {
@@ -158,8 +290,6 @@ class H2Protocol(asyncio.Protocol):
             RemoteSettingsChanged: self._on_settings,
             ConnectionTerminated: self._on_goaway,
             PingAckReceived: self._on_ping_ack,
-            PingReceived: self._on_ping,
-            PriorityUpdated: self._on_priority,
         }
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -184,11 +314,21 @@ class H2Protocol(asyncio.Protocol):
             self.shutdown()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # a TLS transport still delivers what arrives while it shuts down
         try:
             events = self.conn.receive_data(data)
         except ProtocolError as e:
             # h2 has queued a GOAWAY with the right error code: send it, then close.
-            log.info("h2 protocol error from %s: %s", self.client, e)
+            if isinstance(e, DenialOfServiceError):
+                log.info("%s from %s: GOAWAY ENHANCE_YOUR_CALM", e, self.client)
+            else:
+                log.info("h2 protocol error from %s: %s", self.client, e)
+            if self.conn.state_machine.state is not ConnectionState.CLOSED:
+                # Raised before h2 began on the frames (a bad client preface): no GOAWAY is queued.
+                # RFC 9113 section 3.4 makes it optional here; a clear answer costs nothing.
+                with contextlib.suppress(ProtocolError):
+                    self.conn.close_connection(e.error_code)
             self.close()
             return
         if not self.goaway_read and any(type(event) is ConnectionTerminated for event in events):
@@ -217,6 +357,10 @@ class H2Protocol(asyncio.Protocol):
         self.ready.clear()
         self.blocked.clear()
         self.shared.remove(self)
+        # Nothing will call us again: drop the cycles through our bound methods and h2's, so that
+        # the connection, its transport and its TLS buffers go as soon as the last reference does.
+        self._handlers = {}
+        self.conn.release()
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -234,14 +378,17 @@ class H2Protocol(asyncio.Protocol):
         if h2_stream is None or h2_stream.closed:
             # Reset by the client in the same read as its request: h2 has closed the stream, and any
             # frame on it (a 103, a PUSH_PROMISE, the answer) would raise and end the connection.
-            if not self.budgets.resets.take():
-                self._calm("streams reset as fast as they are opened (Rapid Reset)")
+            # (The RST_STREAM was charged to the reset budget as it was read.)
             return
         if self.last_stream is not None and sid > self.last_stream:
             self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
         if self.conn.open_inbound_streams > self.shared.config.max_concurrent_streams:
+            # RFC 9113 section 5.1.2. A refused stream is one opened only to be reset: it spends
+            # from the same budget as the client's own resets.
             self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            if not self.budgets.resets.take():
+                self._calm("streams opened beyond SETTINGS_MAX_CONCURRENT_STREAMS, again and again")
             return
         headers = event.headers or []
         method = target = ""
@@ -339,9 +486,6 @@ class H2Protocol(asyncio.Protocol):
         self.ready.append(stream)
 
     def _on_data(self, event: DataReceived) -> None:
-        if not event.data and event.stream_ended is None and not self.budgets.empty_data.take():
-            self._calm("empty DATA frames flood")
-            return
         # Request bodies are not used by a static server; give the window straight back.
         if event.flow_controlled_length:
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -353,15 +497,10 @@ class H2Protocol(asyncio.Protocol):
 
     def _on_reset(self, event: StreamReset) -> None:
         stream = self.streams.get(event.stream_id)
-        if stream is not None:
+        if stream is not None:  # an answer not yet complete (the reset was charged as it was read)
             self._end_stream(stream)
-            if not self.budgets.resets.take():
-                self._calm("streams reset as fast as they are opened (Rapid Reset)")
 
     def _on_window_update(self, event: WindowUpdated) -> None:
-        if not self.budgets.window_updates.take():
-            self._calm("WINDOW_UPDATE flood")
-            return
         if event.stream_id == 0:
             self._unblock_all()
         else:
@@ -370,9 +509,6 @@ class H2Protocol(asyncio.Protocol):
                 self.ready.append(stream)
 
     def _on_settings(self, event: RemoteSettingsChanged) -> None:
-        if not self.budgets.settings.take():
-            self._calm("SETTINGS flood")
-            return
         changed = event.changed_settings
         if SettingCodes.INITIAL_WINDOW_SIZE in changed or SettingCodes.MAX_FRAME_SIZE in changed:
             self._unblock_all()
@@ -383,14 +519,6 @@ class H2Protocol(asyncio.Protocol):
         # open for them, see _StateMachine) and it closes when the last one does.
         if event.error_code != ErrorCodes.NO_ERROR or not self.streams:
             self.close()
-
-    def _on_ping(self, event: PingReceived) -> None:
-        if not self.budgets.pings.take():
-            self._calm("PING flood")
-
-    def _on_priority(self, event: PriorityUpdated) -> None:
-        if not self.budgets.priorities.take():
-            self._calm("PRIORITY flood")
 
     def _calm(self, what: str) -> None:
         """Cut off an abusive client: GOAWAY ENHANCE_YOUR_CALM, then close."""
@@ -493,6 +621,7 @@ class H2Protocol(asyncio.Protocol):
             return
         self.flush()
         self.closed = True
+        self.closed_at = time.monotonic()
         self.transport.close()
 
     def abort(self) -> None:
@@ -501,22 +630,29 @@ class H2Protocol(asyncio.Protocol):
             self.transport.abort()
 
     def check(self, now: float) -> None:
-        """Timeouts: a client not reading, streams stalled at a zero window, an idle connection."""
-        if self.closed:
-            return
+        """Timeouts: a client not reading, streams stalled at a zero window, an idle connection,
+        and a close that does not complete (a client that reads neither our last frames nor the
+        TLS close_notify keeps the transport open for good: asyncio has no limit on plain TCP)."""
         cfg = self.shared.config
+        if self.closed:
+            if self.transport is not None and now - self.closed_at > cfg.send_timeout:
+                self.transport.abort()
+            return
         if self.paused and now - self.paused_at > cfg.send_timeout:
             log.info("client %s has read nothing for %gs: closing", self.client, cfg.send_timeout)
             self.abort()
             return
         stalled = [s for s in self.blocked.values() if now - s.blocked_at > cfg.send_timeout]
-        for stream in stalled:
-            self.conn.reset_stream(stream.id, ErrorCodes.CANCEL)
-            self._end_stream(stream)
         if stalled:
+            # A client that has sent nothing since its streams stalled is gone or hostile: once its
+            # last stream is reset, the connection ends too. One that is busy keeps it.
+            silent = self.last_active <= min(s.blocked_at for s in stalled)
+            for stream in stalled:
+                self.conn.reset_stream(stream.id, ErrorCodes.CANCEL)
+                self._end_stream(stream)
             log.info("client %s left %d streams at a zero window for %gs: reset", self.client,
                      len(stalled), cfg.send_timeout)
-            if not self.streams:
+            if not self.streams and silent:
                 self.conn.close_connection(ErrorCodes.NO_ERROR,
                                            last_stream_id=self.conn.highest_inbound_stream_id)
                 self.close()
