@@ -70,7 +70,9 @@ class FileCache:
         self.sync: Callable[[], None] | None = None
 
     def catch_up(self) -> None:
-        """Take in the changes reported so far; call before answering a request."""
+        """Take in the changes reported so far; the protocol adapters call it once per read of
+        input, before answering what it holds (one non-blocking read of the change queue, shared
+        by every request in that read)."""
         if self.sync is not None:
             self.sync()
 

@@ -191,7 +191,6 @@ class Site:
         if not self.policy.dotfiles and _hidden(segments):
             return self.error(404, method)
         consulted = _consulted(headers)
-        self.cache.catch_up()  # an edit made before this request was sent is seen by it
         for _ in range(2):  # a file replaced since its lookup was cached is looked up again, once
             found = self.resolve(segments, target)
             if isinstance(found, Redirect):

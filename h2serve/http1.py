@@ -72,6 +72,7 @@ class H1Protocol(asyncio.Protocol):
         self.shared.add(self)
 
     def data_received(self, data: bytes) -> None:
+        self.shared.site.cache.catch_up()  # once per read: an edit made before these requests is seen
         if self.head_started is None and self.body is None:
             self.head_started = time.monotonic()  # cleared when the request head is complete
         self.conn.receive_data(data)

@@ -316,6 +316,7 @@ class H2Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return  # a TLS transport still delivers what arrives while it shuts down
+        self.shared.site.cache.catch_up()  # once per read: an edit made before these requests is seen
         try:
             events = self.conn.receive_data(data)
         except ProtocolError as e:
