@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import h11
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("h2serve")
 
+# h11 writes an empty reason phrase unless given one; some clients (h2load among them) count
+# `HTTP/1.1 200 ` as a failure, so every response says its standard phrase.
+REASON_PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
 CHUNK = 64 * 1024
 WRITE_BUFFER_HIGH = 128 * 1024  # what a client that does not read can make us hold (see http2.py)
 INPUT_BUFFER_MAX = 256 * 1024  # unparsed input held behind a response in flight before reading stops
@@ -191,7 +195,8 @@ class H1Protocol(asyncio.Protocol):
         headers = response.headers
         if self.shared.closing:
             headers = [*headers, (b"connection", b"close")]
-        out = hints + self.conn.send(h11.Response(status_code=response.status, headers=headers))
+        out = hints + self.conn.send(h11.Response(
+            status_code=response.status, headers=headers, reason=REASON_PHRASES.get(response.status, b"")))
         self.sent = 0
         body = response.body
         if body is not None and body.remaining <= CHUNK:
