@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from h2serve import Config, Server
@@ -49,6 +50,21 @@ def ca_file(certs: DevCerts) -> str:
 def verify(ca_file: str) -> ssl.SSLContext:
     """A client SSL context trusting only the test CA (for httpx's `verify=`)."""
     return ssl.create_default_context(cafile=ca_file)
+
+
+@pytest.fixture(params=["h2", "http/1.1"])
+def proto(request: pytest.FixtureRequest) -> str:
+    """The protocol a test runs over: HTTP/2 and HTTP/1.1 alike."""
+    return request.param
+
+
+@pytest.fixture
+def client(proto: str, verify: ssl.SSLContext) -> Iterator[httpx.Client]:
+    """httpx over TLS verified with the test CA, speaking `proto`. It asks for the identity coding,
+    so lengths compare with the files on disk (codings have their own client in test_coding.py)."""
+    with httpx.Client(http2=proto == "h2", verify=verify, timeout=15,
+                      headers={"accept-encoding": "identity"}) as c:
+        yield c
 
 
 @dataclass

@@ -26,11 +26,6 @@ CSS = (STATIC / "css/site.css").read_bytes()   # text/css, 6.7 KiB: compressed o
 DECODE = {"gzip": gzip.decompress, "br": brotli.decompress, None: lambda b: b}
 
 
-@pytest.fixture(params=PROTOCOLS)
-def proto(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
 @pytest.fixture
 def client(proto: str, verify) -> Iterator[httpx.Client]:
     """httpx over TLS verified with the test CA, speaking `proto`, with no default Accept-Encoding."""

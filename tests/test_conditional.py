@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.utils import formatdate
 from pathlib import Path
 
@@ -28,19 +28,6 @@ CSS = (STATIC / "css/site.css").read_bytes()
 LEN = len(CSS)
 CSS_CACHE = "public, max-age=3600"
 STRONG_ETAG = re.compile(r'^"[0-9a-f]+-[0-9a-f]+"$')
-
-
-@pytest.fixture(params=PROTOCOLS)
-def proto(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def client(proto: str, verify) -> Iterator[httpx.Client]:
-    """httpx over TLS verified with the test CA, speaking `proto`, asking for identity bytes."""
-    with httpx.Client(http2=proto == "h2", verify=verify, timeout=15,
-                      headers={"accept-encoding": "identity"}) as c:
-        yield c
 
 
 def get(client: httpx.Client, proto: str, url: str, method: str = "GET",

@@ -11,7 +11,7 @@ import gzip
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import brotli
@@ -26,18 +26,6 @@ from h2serve.response import BytesBody, Response
 PROTOCOLS = ["h2", "http/1.1"]
 HTTPX_VERSION = {"h2": "HTTP/2", "http/1.1": "HTTP/1.1"}
 NOT_FOUND = (TEMPLATES / "404.html").read_bytes()
-
-
-@pytest.fixture(params=PROTOCOLS)
-def proto(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def client(proto: str, verify) -> Iterator[httpx.Client]:
-    with httpx.Client(http2=proto == "h2", verify=verify, timeout=15,
-                      headers={"accept-encoding": "identity"}) as c:
-        yield c
 
 
 @pytest.fixture

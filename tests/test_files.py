@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -44,20 +44,6 @@ SITE_FILES = {
 
 
 # -- clients -----------------------------------------------------------------------------------------
-
-@pytest.fixture(params=PROTOCOLS)
-def proto(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def client(proto: str, verify) -> Iterator[httpx.Client]:
-    """An httpx client speaking `proto` over TLS verified against the test CA. It asks for the
-    identity coding, so lengths compare with the files on disk (codings: tests/test_coding.py)."""
-    with httpx.Client(http2=proto == "h2", verify=verify, timeout=10,
-                      headers={"accept-encoding": "identity"}) as c:
-        yield c
-
 
 def fetch(client: httpx.Client, proto: str, method: str, url: str) -> httpx.Response:
     r = client.request(method, url)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import h11
@@ -24,18 +24,6 @@ HTML = "text/html; charset=utf-8"
 NOT_FOUND = (TEMPLATES / "404.html").read_bytes()
 DEFAULTS = {"html": "no-cache", "static": "public, max-age=3600",
             "immutable": "public, max-age=31536000, immutable"}
-
-
-@pytest.fixture(params=PROTOCOLS)
-def proto(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-def client(proto: str, verify) -> Iterator[httpx.Client]:
-    with httpx.Client(http2=proto == "h2", verify=verify, timeout=15,
-                      headers={"accept-encoding": "identity"}) as c:
-        yield c
 
 
 def get(client: httpx.Client, proto: str, url: str, method: str = "GET", **headers: str) -> httpx.Response:
