@@ -459,6 +459,9 @@ class H2Protocol(asyncio.Protocol):
         if plan.set_cookie is not None:
             response.headers.append((b"set-cookie", plan.set_cookie))
         self.send_response(stream, response)
+        # The page's DATA goes right behind its HEADERS, ahead of the pushed responses' HEADERS:
+        # the client can parse the page while the pushed bytes are still arriving.
+        self.pump()
         for pid, promise in promised:
             path = promise.entry.path
             pushed = _Stream(pid, "GET", path, stream.target, stream.user_agent, True)
