@@ -342,7 +342,10 @@ def test_streams_beyond_the_limit_are_refused_and_refusal_churn_is_calmed(big_se
             if attacker.closed:
                 break
         goaway = _raw_goaway(attacker, 5)
-    assert goaway.error_code == ErrorCodes.ENHANCE_YOUR_CALM
+    # Refusals spend the reset budget (ENHANCE_YOUR_CALM); when the machine is busy, several batches
+    # arrive in one read and h2 parses past its own stream limit (advertised + slack) before any
+    # refusal: it ends the connection with PROTOCOL_ERROR. Either way the churn is stopped early.
+    assert goaway.error_code in (ErrorCodes.ENHANCE_YOUR_CALM, ErrorCodes.PROTOCOL_ERROR)
     assert sid < 2 * 1000
 
 
