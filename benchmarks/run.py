@@ -1,11 +1,12 @@
 """The whole benchmark in one command: page loads through the latency relay, then throughput.
 
-    python -m benchmarks            # the full run (about 10-15 minutes on 2 cores)
-    python -m benchmarks --quick    # about a minute: RTT 0 and 50 ms, the demo and 30-asset pages
+    python -m benchmarks            # the full run (about 15 minutes on 2 cores)
+    python -m benchmarks --quick    # 1-2 minutes: RTT 0 and 50 ms, the demo and 30-asset pages
     python -m benchmarks --rtt 50 --sites target30 --runs 9 --no-throughput
 
 Results go to benchmarks/results/: results.json (every run of every cell), results.md (the tables),
-pageload.png and throughput.png; a full run also puts the tables into benchmarks/README.md.
+pageload.png, pageload_floor.png and throughput.png; a full run also puts the tables into
+benchmarks/README.md.
 
 Page loads: the servers run side by side, each pinned to core 0 (idle but for the load at hand);
 the client (this process) and one relay per server (processes of their own, so the client's work
@@ -426,7 +427,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="about a minute: RTT 0 and 50 ms, the demo and target30 sites, fewer requests")
+                        help="1-2 minutes: RTT 0 and 50 ms, the demo and target30 sites, fewer requests")
     parser.add_argument("--runs", type=int, help="measured loads per cell (default: 7; --quick: 5)")
     parser.add_argument("--rtt", help="comma-separated RTTs in ms (default: 0,20,50,100)")
     parser.add_argument("--sites", help=f"comma-separated, of {','.join(sites.site_names())}")
