@@ -188,13 +188,20 @@ class ServerProcess:
         self.proc.wait(10)
 
 
-def start_process(args: list[str], cwd: Path | str = REPO, timeout: float = 20
-                  ) -> ServerProcess:
-    """Run the server with `args` and wait for its startup line; the port is read from it."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "h2serve", *args], cwd=cwd, env=env, text=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def start_process(args: list[str], cwd: Path | str = REPO, timeout: float = 20,
+                  stdout: Path | None = None) -> ServerProcess:
+    """Run the server with `args` and wait for its startup line; the port is read from it.
+    `stdout`: a file to keep the server's standard output in (the access log's "-")."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",  # PYTHONPATH: the package, from any cwd
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = open(stdout, "w") if stdout is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "h2serve", *args], cwd=cwd, env=env, text=True,
+            stdout=out, stderr=subprocess.PIPE)
+    finally:
+        if stdout is not None:
+            out.close()  # type: ignore[union-attr]
     assert proc.stderr is not None
     lines: list[str] = []
     deadline = time.monotonic() + timeout

@@ -191,25 +191,9 @@ def test_unwritable_certs_dir(tmp_path: Path) -> None:
 # -- TOML --------------------------------------------------------------------------------------------
 
 def start_capturing(args: list[str], tmp_path: Path, name: str) -> tuple[ServerProcess, Path]:
-    """Like conftest's start_process, with standard output (the access log's "-") kept in a file."""
+    """conftest's start_process, with standard output (the access log's "-") kept in a file."""
     out = tmp_path / f"{name}.stdout"
-    with open(out, "w") as stdout:
-        proc = subprocess.Popen([sys.executable, "-m", "h2serve", *args], cwd=REPO, env=ENV, text=True,
-                                stdout=stdout, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        match = re.search(r" on https://[^ ]+:(\d+)/", line)
-        if match:
-            return ServerProcess(proc, int(match.group(1)), lines), out
-    proc.kill()
-    proc.wait(10)
-    raise AssertionError("server did not start:\n" + "".join(lines))
+    return start_process(args, stdout=out), out
 
 
 def test_config_file_and_override(certs: DevCerts, tmp_path: Path, processes: list[ServerProcess],
