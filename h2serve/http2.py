@@ -59,6 +59,7 @@ from hyperframe.frame import (
 
 from .accesslog import client_host
 from .limits import FrameBudgets, TokenBucket
+from .hpackcache import CachedEncoder
 from .push import Client, PushPlan
 from .response import Body, Response
 
@@ -215,6 +216,7 @@ class _Connection(H2Connection):
         # SETTINGS ACK of a change: enforce the limit we advertise, not h2's default of 64 KiB.
         self.decoder = _Decoder(max_header_list_size=max_header_list_size)
 
+        self.encoder = CachedEncoder()
     def release(self) -> None:
         """Break the reference cycle h2 makes of itself (a table of its own bound methods), so
         that a closed connection is freed at once rather than by the cyclic garbage collector,
