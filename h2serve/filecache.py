@@ -41,6 +41,7 @@ class FileEntry:
     watched: bool = False                # a watcher reports changes: no need to stat again
     siblings: dict[str, FileEntry] = field(default_factory=dict)  # coding -> precompressed file
     _last_modified: bytes = b""
+    kind: tuple[bytes, bytes] | None = None  # (Content-Type, Cache-Control), set by files.py
 
     @property
     def etag(self) -> str:

@@ -14,6 +14,7 @@ looked up in, and still be the very file (device and inode) that lookup vetted (
 
 from __future__ import annotations
 
+import functools
 import html
 import os
 import re
@@ -56,6 +57,7 @@ CONTENT_TYPES = {
 }
 DEFAULT_TYPE = b"application/octet-stream"
 HEXDIGITS = b"0123456789abcdefABCDEF"
+CACHED_TARGET = 512  # targets up to this long have their decoded segments cached
 
 
 class BadTarget(Exception):
@@ -70,10 +72,17 @@ def content_type(path: str) -> bytes:
 def split_target(target: bytes) -> tuple[str, ...]:
     """Decode a request target's path into safe segments, or raise BadTarget.
 
+    The same few targets come again and again: short ones are decoded once (a bad one, raising,
+    is never cached).
+
     Accepts origin-form (`/a/b?q`) and absolute-form (`https://host/a/b`). Empty segments are
     dropped (`//a` is `/a`); a trailing slash is kept as a final empty segment so `/dir/` can map
     to `dir/index.html`.
     """
+    return _split_cached(target) if len(target) <= CACHED_TARGET else _split(target)
+
+
+def _split(target: bytes) -> tuple[str, ...]:
     path = target.split(b"?", 1)[0].split(b"#", 1)[0]
     if path.startswith((b"http://", b"https://")):
         path = b"/" + path.split(b"/", 3)[3] if path.count(b"/") >= 3 else b"/"
@@ -100,6 +109,9 @@ def split_target(target: bytes) -> tuple[str, ...]:
     if path.endswith(b"/") and segments:
         segments.append("")
     return tuple(segments)
+
+
+_split_cached = functools.lru_cache(maxsize=4096)(_split)
 
 
 def _valid_escapes(raw: bytes) -> bool:
@@ -207,7 +219,7 @@ class Site:
     def file_response(self, entry: FileEntry, method: str,
                       request: dict[bytes, bytes]) -> Response | None:
         """The answer for a looked-up file; None if it is no longer the file `entry` describes."""
-        ctype = content_type(entry.path)
+        ctype, cache_control = self._kind(entry)
         chosen, data, etag = self._representation(entry, ctype, request)
         source = entry.siblings.get(chosen, entry) if chosen is not None else entry
         if data is None:
@@ -217,7 +229,7 @@ class Site:
         if chosen is not None:
             headers.append((b"content-encoding", coding.TOKENS[chosen]))
         headers += [(b"etag", etag.encode()), (b"last-modified", entry.last_modified),
-                    (b"cache-control", self.cache_control(entry.path, ctype))]
+                    (b"cache-control", cache_control)]
         if coding.compressible(ctype) or entry.siblings:
             headers.append((b"vary", b"accept-encoding"))
         validators = Validators(etag, entry.mtime)
@@ -273,6 +285,13 @@ class Site:
         if data is None:
             return None, entry.data, entry.etag
         return chosen, data, f'{entry.etag[:-1]}-{chosen}"'
+
+    def _kind(self, entry: FileEntry) -> tuple[bytes, bytes]:
+        """(Content-Type, Cache-Control) of a file: fixed by its name, so worked out once per entry."""
+        if entry.kind is None:
+            ctype = content_type(entry.path)
+            entry.kind = (ctype, self.cache_control(entry.path, ctype))
+        return entry.kind
 
     def cache_control(self, path: str, ctype: bytes) -> bytes:
         """The default policy: HTML revalidated every time, fingerprinted names kept for good."""

@@ -176,7 +176,8 @@ class H1Protocol(asyncio.Protocol):
     def _apply_plan(self, request: h11.Request, response: Response) -> bytes:
         """Add the push map's preload links to a page answer; return the 103 to send first, if
         Early Hints are on for HTTP/1.1 (never to an HTTP/1.0 client, RFC 9110 section 15.2)."""
-        if request.method not in (b"GET", b"HEAD") or response.status != 200 or response.file is None:
+        if (request.method not in (b"GET", b"HEAD") or response.status != 200
+                or response.file is None or not self.shared.pusher.wants(response.file)):
             return b""
         host = next((v for n, v in request.headers if n == b"host"), b"")
         client = Client("http/1.1", "https" if self.tls else "http", host, request.headers,

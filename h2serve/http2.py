@@ -386,7 +386,10 @@ class H2Protocol(asyncio.Protocol):
         if self.last_stream is not None and sid > self.last_stream:
             self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             return
-        if self.conn.open_inbound_streams > self.shared.config.max_concurrent_streams:
+        limit = self.shared.config.max_concurrent_streams
+        # h2's table holds every open stream (and some closed ones): counting the open ones walks
+        # it, so only when it is big enough to hold too many.
+        if len(self.conn.streams) > limit and self.conn.open_inbound_streams > limit:
             # RFC 9113 section 5.1.2. A refused stream is one opened only to be reset: it spends
             # from the same budget as the client's own resets.
             self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
@@ -427,7 +430,8 @@ class H2Protocol(asyncio.Protocol):
                    headers: list[tuple[bytes, bytes]]) -> PushPlan | None:
         """Ask push.py what goes with this answer: only a 200 to a GET or HEAD of a file can have
         a plan."""
-        if method not in ("GET", "HEAD") or response.status != 200 or response.file is None:
+        if (method not in ("GET", "HEAD") or response.status != 200 or response.file is None
+                or not self.shared.pusher.wants(response.file)):
             return None
         return self.shared.pusher.plan(response.file, Client(
             "h2", self.scheme, authority, headers, self._push_slots(), self.pushed, method))

@@ -116,6 +116,11 @@ class Pusher:
         self.early_hints = early_hints
         self.cookie_name = cookie_name
 
+    def wants(self, page: FileEntry) -> bool:
+        """Whether the map has anything for `page`: adapters ask before gathering what `plan`
+        needs of the client, which costs more than most answers."""
+        return bool(self.map.entries_for(page))
+
     def plan(self, page: FileEntry, client: Client) -> PushPlan | None:
         """The plan for a 200 answer to a GET (or HEAD) of `page`, or None when the map has nothing
         for it. A HEAD answer carries the Link headers a GET would (RFC 9110 section 9.3.2) but
