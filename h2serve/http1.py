@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import typing
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -69,8 +70,8 @@ class H1Protocol(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports have the methods of asyncio.Transport but are not its subclasses.
+        self.transport = transport = typing.cast(asyncio.Transport, transport)
         self.client = client_host(transport)
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.shared.add(self)
@@ -328,11 +329,12 @@ class H1Protocol(asyncio.Protocol):
         if self.body is not None:
             return
         if self.head_started is not None and now - self.head_started > cfg.header_timeout:
-            # Slowloris: the head trickles in. Like nginx, log a 408 and close without answering.
+            # Slowloris: the head trickles in. Like nginx, log a 408 and close without answering,
+            # and without waiting for the client's side of a TLS close (uvloop would wait for it).
             log.info("client %s sent no complete request head in %gs: closing", self.client,
                      cfg.header_timeout)
             self.shared.access_log.log(self.client, "-", "-", "HTTP/1.1", 408, 0, None, None)
-            self.close()
+            self.abort()
         elif self.head_started is None and now - self.last_active > cfg.idle_timeout:
             self.close()
 

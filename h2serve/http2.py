@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import typing
 from collections import deque
 from functools import partial
 from typing import TYPE_CHECKING, ClassVar
@@ -58,8 +59,8 @@ from hyperframe.frame import (
 )
 
 from .accesslog import client_host
-from .limits import FrameBudgets, TokenBucket
 from .hpackcache import CachedEncoder
+from .limits import FrameBudgets, TokenBucket
 from .push import Client, PushPlan
 from .response import Body, Response
 
@@ -215,8 +216,8 @@ class _Connection(H2Connection):
         # h2 reads the header list limit into its HPACK decoder only at construction or on a
         # SETTINGS ACK of a change: enforce the limit we advertise, not h2's default of 64 KiB.
         self.decoder = _Decoder(max_header_list_size=max_header_list_size)
-
         self.encoder = CachedEncoder()
+
     def release(self) -> None:
         """Break the reference cycle h2 makes of itself (a table of its own bound methods), so
         that a closed connection is freed at once rather than by the cyclic garbage collector,
@@ -297,8 +298,8 @@ class H2Protocol(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports have the methods of asyncio.Transport but are not its subclasses.
+        self.transport = transport = typing.cast(asyncio.Transport, transport)
         self.client = client_host(transport)
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.shared.add(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -76,8 +77,8 @@ class Dispatcher(asyncio.Protocol):
         self.started = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports have the methods of asyncio.Transport but are not its subclasses.
+        self.transport = transport = typing.cast(asyncio.Transport, transport)
         if self.shared.closing:
             transport.abort()
             return
