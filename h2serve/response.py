@@ -2,15 +2,16 @@
 
 A body is never a whole file read into memory to send it. The adapter pulls `read(n)` as far as its
 flow-control window and transport buffer allow. Small hot files come from the cache as `BytesBody`,
-always ready. A `FileBody` holds at most one chunk: when it has none, `read` answers None and the
-adapter calls `fill(on_ready)`, which reads the next chunk with `pread` in a worker thread, so a
-slow disk never stalls the event loop, and calls back when the chunk is in. Memory per stream is
-one chunk at most, whatever the file size.
+always ready. A `FileBody` reads with `pread` in a worker thread, so a slow disk never stalls the
+event loop: when it has no bytes ready, `read` answers None and the adapter calls `fill(on_ready)`,
+which calls back when the next chunk is in. Memory per stream is two chunks at most (the one being
+sent and the one read ahead), whatever the file size.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
     from .filecache import FileEntry
 
 Headers = list[tuple[bytes, bytes]]
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 64 * 1024   # a file body's first read
+MAX_CHUNK = 256 * 1024   # its largest, once the client keeps up
+NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux: read only what is cached
 
 
 class Body(Protocol):
@@ -69,62 +72,110 @@ class BytesBody:
 
 
 class FileBody:
-    """`length` bytes of an open file from `offset`, read a chunk at a time in a worker thread."""
+    """`length` bytes of an open file from `offset`, read a chunk ahead of what is being sent.
 
-    __slots__ = ("_buffer", "_closed", "_error", "_fd", "_offset", "_pending", "_pos", "remaining")
+    A chunk already in the page cache is read on the event loop (`preadv` with RWF_NOWAIT fails at
+    once instead of waiting for the disk); any other goes to a worker thread, so a slow disk never
+    stalls the loop. A thread hop costs about as much as sending a chunk, so chunks grow (64 KiB
+    doubling up to `MAX_CHUNK`) while the client keeps taking them, and the next one is read once
+    half of the current one is handed out. A stream that stops (no window, a paused transport)
+    stops reading too, holding at most the chunk it has and the one read ahead.
+    """
+
+    __slots__ = ("_buffer", "_chunk", "_closed", "_error", "_fd", "_next", "_nowait", "_offset",
+                 "_pending", "_pos", "_waiting", "remaining")
 
     def __init__(self, fd: int, offset: int, length: int) -> None:
         self._fd = fd
         self._offset = offset          # where the next chunk is read from
         self.remaining = length        # bytes not yet handed out by read()
-        self._buffer = b""
+        self._buffer: bytes | memoryview = b""
         self._pos = 0
-        self._pending = False
+        self._next: bytes | memoryview | None = None  # the chunk read ahead, not yet in _buffer
+        self._chunk = READ_CHUNK       # size of the next read
+        self._nowait = NOWAIT is not None  # page-cache reads work on this file's filesystem
+        self._pending = False          # a worker thread is reading
+        self._waiting: Callable[[], None] | None = None  # fill()'s callback, while it reads
         self._closed = False
         self._error: OSError | None = None
 
-    def read(self, n: int) -> bytes | None:
+    def read(self, n: int) -> bytes | memoryview | None:
+        if self._error is None and self._pos >= len(self._buffer) and self._next is None:
+            self._read_ahead()  # may complete at once, from the page cache
         if self._error is not None:
             raise self._error
         if self._pos >= len(self._buffer):
-            return None if self.remaining else b""
+            if self._next is None:
+                return None if self.remaining else b""
+            self._buffer, self._pos, self._next = self._next, 0, None
         chunk = self._buffer[self._pos:self._pos + n]
         self._pos += len(chunk)
         self.remaining -= len(chunk)
+        if self._pos * 2 >= len(self._buffer) and self._next is None:
+            self._read_ahead()
         return chunk
 
     def fill(self, on_ready: Callable[[], None]) -> None:
-        if self._pending or self._closed:
-            return
+        if not self._closed:
+            self._waiting = on_ready  # read() has started the read that calls it
+
+    def _read_ahead(self) -> None:
         unread = self.remaining - (len(self._buffer) - self._pos)
-        size = min(READ_CHUNK, unread)
+        if self._pending or self._closed or unread <= 0:
+            return
+        size = min(self._chunk, unread)
+        self._chunk = min(self._chunk * 2, MAX_CHUNK)
+        cached = self._read_cached(size)
+        if cached is not None:
+            self._took(cached, len(cached) or size)
+            return
         self._pending = True
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(None, os.pread, self._fd, size, self._offset)
-        future.add_done_callback(lambda f: self._filled(f, size, on_ready))
+        future.add_done_callback(lambda f: self._filled(f, size))
 
-    def _filled(self, future: Future[bytes] | asyncio.Future[bytes], size: int,
-                on_ready: Callable[[], None]) -> None:
+    def _read_cached(self, size: int) -> memoryview | None:
+        """Up to `size` bytes if the page cache has them (some may be fewer), else None."""
+        if not self._nowait:
+            return None
+        buffer = bytearray(size)
+        try:
+            n = os.preadv(self._fd, [buffer], self._offset, NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                self._error = e
+                return memoryview(b"")
+            self._nowait = False  # a filesystem without RWF_NOWAIT: threads only
+            return None
+        return memoryview(buffer)[:n]
+
+    def _filled(self, future: Future[bytes] | asyncio.Future[bytes], size: int) -> None:
         self._pending = False
         if self._closed:  # closed while the read was in flight: the fd can be closed now
             self._release()
             return
         try:
-            chunk = future.result()
+            self._took(future.result(), size)
         except OSError as e:
             self._error = e
-        else:
-            if len(chunk) < size:
-                # The file shrank under us: sending fewer bytes than Content-Length promised would
-                # corrupt the response, so fail it instead.
-                self._error = OSError(f"file ended {self.remaining - len(chunk)} bytes early")
-            self._buffer, self._pos = chunk, 0
-            self._offset += len(chunk)
-        on_ready()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting()
+
+    def _took(self, chunk: bytes | memoryview, size: int) -> None:
+        if len(chunk) < size:
+            # The file shrank under us: sending fewer bytes than Content-Length promised would
+            # corrupt the response, so fail it instead.
+            self._error = self._error or OSError(f"file ended {self.remaining - len(chunk)} bytes early")
+        self._next = chunk
+        self._offset += len(chunk)
 
     def close(self) -> None:
         self.remaining = 0
         self._buffer = b""
+        self._next = None
         self._closed = True
         if not self._pending:  # else a worker still reads the fd: closing it now could hit a reused one
             self._release()
