@@ -134,19 +134,23 @@ class Pusher:
             plan.links = [(b"link", e.link) for e in entries]
             plan.early_hints = full and (self.early_hints == "all" or (
                 self.early_hints == "h2" and client.protocol == "h2"))
-        if full and self.push and client.protocol == "h2" and client.push_slots > 0:
-            self._promise(plan, entries, client)
+        if (full and self.push and client.protocol == "h2" and client.push_slots > 0
+                and self._promise(plan, entries, client) == 0):
+            # Everything hinted is promised now or was pushed before: a 103 would tell the client
+            # nothing, and cost it a header block to decode before the page's.
+            plan.early_hints = False
         return plan
 
-    def _promise(self, plan: PushPlan, entries: tuple[PushEntry, ...], client: Client) -> None:
+    def _promise(self, plan: PushPlan, entries: tuple[PushEntry, ...], client: Client) -> int:
+        """Add the promises for `entries` within the client's push slots; how many entries the
+        client still lacks (neither promised now, nor pushed before, nor in its push cookie)."""
         digest = self._digest(client)
         copied = [(n, v) for n, v in client.headers if n in COPIED_HEADERS]
         base = [(b":method", b"GET"), (b":scheme", client.scheme.encode()),
                 (b":authority", client.authority)]
         pushed_now: list[bytes] = []
+        lacking = 0
         for entry in entries:  # highest weight first
-            if len(plan.promises) >= client.push_slots:
-                break
             if entry.path in client.already_pushed:
                 continue
             file = self.site.lookup(split_target(entry.path.encode()))
@@ -155,6 +159,9 @@ class Pusher:
             key = PushDigest.key(entry.path, file.etag)
             if digest is not None and key in digest:
                 continue
+            if len(plan.promises) >= client.push_slots:
+                lacking += 1
+                continue
             plan.promises.append(
                 Promise(entry, file, [*base, (b":path", entry.path.encode()), *copied]))
             pushed_now.append(key)
@@ -162,6 +169,7 @@ class Pusher:
             for key in pushed_now:
                 digest.add(key)
             plan.set_cookie = self._cookie(digest, secure=client.scheme == "https")
+        return lacking
 
     def _digest(self, client: Client) -> PushDigest | None:
         if self.cookie_name is None:

@@ -64,21 +64,21 @@ def static_bytes(url_path: str) -> bytes:
 # -- order and content of pushes ---------------------------------------------------------------------
 
 
-def test_103_then_every_push_promise_then_the_page_then_the_pushed_responses(server, ca_file):
-    """On the page's stream: a 103 with the Link headers, one PUSH_PROMISE per manifest entry (by
-    weight), then the 200; each pushed stream's HEADERS come after the page's HEADERS."""
+def test_every_push_promise_then_the_page_then_the_pushed_responses(server, ca_file):
+    """On the page's stream: one PUSH_PROMISE per manifest entry (by weight), then the 200 with the
+    Link headers; each pushed stream's HEADERS come after the page's HEADERS. No 103: every
+    resource it would hint is promised in the same flight."""
     assert len(INDEX_PUSHES) == 8
     with push_client(server.port, ca_file) as c:
         page = fetch(c, "/", BROWSER)
-    assert page.status == 200
+    assert page.status == 200 and page.informational == []
 
     blocks = header_blocks(c)
     on_page = [b for b in blocks if b.stream_id == page.stream_id]
-    assert [b.kind for b in on_page] == ["HEADERS"] + ["PUSH_PROMISE"] * 8 + ["HEADERS"]
-    hints, promises, final = on_page[0], on_page[1:-1], on_page[-1]
-    assert hints.get(b":status") == b"103"
-    assert hints.all(b"link") == INDEX_LINKS
+    assert [b.kind for b in on_page] == ["PUSH_PROMISE"] * 8 + ["HEADERS"]
+    promises, final = on_page[:-1], on_page[-1]
     assert final.get(b":status") == b"200"
+    assert final.all(b"link") == INDEX_LINKS
 
     # Promised in weight order: style, script, font, then the images.
     assert [p.get(b":path").decode() for p in promises] == INDEX_PUSHES
@@ -195,6 +195,10 @@ def test_pushes_capped_by_client_max_concurrent_streams(server, ca_file, max_str
     assert len(c.frames_of(PushPromiseFrame)) == max_streams
     assert all(c.responses[p].ended for p in page.pushed)
     assert all_headers(page.headers, b"link") == INDEX_LINKS  # the rest are still announced
+    # ... and hinted first: the 103 comes before the promises, with every link.
+    on_page = [b for b in header_blocks(c) if b.stream_id == page.stream_id]
+    assert on_page[0].get(b":status") == b"103" and on_page[0].all(b"link") == INDEX_LINKS
+    assert [b.kind for b in on_page[1:]] == ["PUSH_PROMISE"] * max_streams + ["HEADERS"]
 
 
 def test_reset_pushed_streams_get_no_more_data_and_the_connection_goes_on(server, ca_file):
@@ -283,7 +287,7 @@ def test_second_page_request_on_a_connection_pushes_nothing_again(server, ca_fil
     assert second.pushed == [] and about.pushed == []
     assert len(c.frames_of(PushPromiseFrame)) == 8
     assert all_headers(second.headers, b"link") == INDEX_LINKS
-    assert [h[0] for h in second.informational] == [(b":status", b"103")]
+    assert second.informational == []  # everything it would hint was pushed with the first
     assert second.header(b"set-cookie") is None
 
 
