@@ -160,8 +160,21 @@ def markdown(results: dict[str, Any], title: bool = True) -> str:
             out += ["", "\\* h2load 1.52 counts an HTTP/1.1 response whose status line has no reason "
                         "phrase (`HTTP/1.1 200 `, as h11 writes it) as failed; the rate counts them as "
                         "done, which they are."]
+        out += ["", *_ceiling_lines(tp)]
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def _ceiling_lines(tp: dict[str, Any]) -> list[str]:
+    """The in-memory h2 ceiling of the same run, and h2serve's h2 rates as a share of it."""
+    ceiling = tp.get("ceiling", {})
+    if not ceiling.get("minimal"):
+        return []
+    shares = ", ".join(f"{s} {_ratio(v)}" for s, v in tp.get("ratios", {}).get("ceiling", {}).items())
+    return [f"The h2 ceiling (benchmarks/ceiling.py, in memory, same run, core 0): "
+            f"{ceiling['minimal']['req_per_s']:,} requests/s per core with h2load's minimal headers "
+            f"({ceiling['browser']['req_per_s']:,} with a browser's). h2serve's h2 rate as a share of "
+            f"it: {shares}."]
 
 
 def charts(results: dict[str, Any], out: Path) -> list[Path]:
@@ -185,7 +198,7 @@ def charts(results: dict[str, Any], out: Path) -> list[Path]:
         for ax, scenario in zip(axes[0], tp["scenarios"], strict=True):
             key = "mb_per_s" if scenario.startswith("64MiB") else "req_per_s"
             values = [tp["servers"][n]["results"].get(scenario, {}).get(key, 0) for n in names]
-            ax.bar(names, values, color=["tab:blue", "tab:orange", "tab:green"][:len(names)])
+            ax.bar(names, values, color=["tab:blue", "tab:purple", "tab:orange", "tab:green"][:len(names)])
             ax.set_title(scenario, fontsize=9)
             ax.set_ylabel("MB/s" if key == "mb_per_s" else "requests/s")
             ax.tick_params(axis="x", labelsize=8)

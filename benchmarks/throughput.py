@@ -11,6 +11,11 @@ Scenarios (over TLS, h2 by ALPN unless said otherwise):
 * `1KiB h1 32`:     the same file over HTTP/1.1, 32 connections (`--h1 -c 32 -n N`)
 * `64MiB h2`:       a 64 MiB file, one connection, one stream at a time (`-c 1 -m 1 -n K`): MB/s
 
+h2serve runs as the CLI starts it (uvloop when installed) and, when uvloop is installed, also as
+`h2serve-asyncio` (`--loop asyncio`). The in-memory ceiling of `ceiling.py` (what h2 alone costs a
+server per request) is measured in the same run, on the servers' core, and h2serve's h2 request
+rates are given as a ratio to it.
+
 Each server runs pinned to core 0 (`taskset -c 0`) and h2load to core 1 (`taskset -c 1`); each
 server's peak RSS (VmHWM of its processes) is read before it stops.
 The servers run side by side and take turns, scenario by scenario (twice in a full run: the best
@@ -20,6 +25,7 @@ rate counts), each h2load run waiting until the rest of the machine is quiet.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -34,6 +40,7 @@ from typing import Any
 
 from . import peers
 
+ASYNCIO = "h2serve-asyncio"  # h2serve with --loop asyncio
 SMALL_NAME = "1k.bin"
 BIG_NAME = "64m.bin"
 BIG_SIZE = 64 * 1024 * 1024
@@ -110,6 +117,8 @@ def run_h2load(url: str, args: list[str], cpu: int | None = 1, timeout: float = 
 
 def available_servers() -> list[str]:
     out = ["h2serve"]
+    if importlib.util.find_spec("uvloop") is not None:
+        out.append(ASYNCIO)  # h2serve runs on uvloop by default: show the stock loop too
     if peers.hypercorn_available():
         out.append("hypercorn")
     if peers.nginx_binary() is not None:
@@ -121,6 +130,8 @@ def start(name: str, site: Path, certs: peers.Certs, work: Path) -> peers.Server
     if name == "h2serve":
         # Defaults throughout: the 1 KiB file is served from h2serve's memory cache.
         return peers.start_h2serve(["--root", str(site)], certs, work)
+    if name == ASYNCIO:
+        return peers.start_h2serve(["--root", str(site)], certs, work, extra=["--loop", "asyncio"])
     if name == "hypercorn":
         return peers.start_hypercorn_static(site, certs, work)
     if name == "nginx":
@@ -188,8 +199,20 @@ def run(work: Path, certs: peers.Certs, *, quick: bool = False, servers: list[st
     finally:
         for server in running.values():
             server.stop()
+    progress("throughput: the in-memory h2 ceiling (benchmarks/ceiling.py) on core 0")
+    results["ceiling"] = measure_ceiling(quick)
     results["ratios"] = ratios(results)
     return results
+
+
+def measure_ceiling(quick: bool) -> dict[str, Any]:
+    """benchmarks/ceiling.py in a process of its own on the servers' core: what h2 alone costs per
+    request, for the ratio of h2serve's h2 rate to it."""
+    args = ["--requests", "10000", "--runs", "3"] if quick else ["--requests", "20000", "--runs", "5"]
+    cmd = peers.pinned([sys.executable, "-m", "benchmarks.ceiling", "--json", "--no-server", *args], 0)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True,
+                          cwd=peers.REPO)
+    return json.loads(done.stdout)
 
 
 def ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -208,6 +231,9 @@ def ratios(results: dict[str, Any]) -> dict[str, dict[str, float]]:
             key = "mb_per_s" if scenario.startswith("64MiB") else "req_per_s"
             if theirs.get(key):
                 out[peer][scenario] = mine[key] / theirs[key]
+    ceiling = results.get("ceiling", {}).get("minimal", {}).get("req_per_s")
+    if ceiling:  # h2load's requests carry minimal headers
+        out["ceiling"] = {s: ours[s]["req_per_s"] / ceiling for s in ours if s.startswith("1KiB h2")}
     return out
 
 
