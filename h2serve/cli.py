@@ -156,12 +156,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"h2serve: error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    setup_logging(config.log_level)
+    if config.worker_count() > 1:
+        from .workers import supervise
+
+        return supervise(config)
     from .server import run
 
     return run(config)
+
+
+def setup_logging(level: str, *, worker: bool = False) -> None:
+    """Server log lines on standard error; a worker's name its process (`h2serve[4242]:`), so the
+    operator can tell the workers apart."""
+    name = "%(name)s[%(process)d]" if worker else "%(name)s"
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, force=True,
+        format=f"%(asctime)s %(levelname)s {name}: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
 
 
 if __name__ == "__main__":

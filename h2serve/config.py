@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ def option(default: Any, help: str, *, metavar: str | None = None, list_sep: str
 ALPN_PROTOCOLS = ("h2", "http/1.1")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EARLY_HINTS = ("off", "h2", "all")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+MAX_WORKERS = 1024  # a typo must not fork thousands of processes
 
 
 @dataclass
@@ -118,6 +121,12 @@ class Config:
         "(all adds HTTP/1.1, where old clients may choke)", metavar="WHEN")
     reload: bool = option(
         False, "re-read the push map when it changes (SIGHUP always re-reads it)")
+    workers: int | str = option(
+        1, "worker processes serving the same sockets: a number, or auto for one per usable CPU; "
+        "above 1 a supervisor binds the sockets, starts the workers and restarts any that dies",
+        metavar="N|auto")
+    loop: str = option(
+        "auto", "event loop: auto (uvloop when installed), asyncio, or uvloop", metavar="LOOP")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -133,6 +142,9 @@ class Config:
             raise ConfigError(f"--log-level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
         if self.early_hints not in EARLY_HINTS:
             raise ConfigError(f"--early-hints: {self.early_hints!r} is not one of {', '.join(EARLY_HINTS)}")
+        if self.loop not in EVENT_LOOPS:
+            raise ConfigError(f"--loop: {self.loop!r} is not one of {', '.join(EVENT_LOOPS)}")
+        self.workers = parse_workers(self.workers)
         if (self.cert is None) != (self.key is None):
             raise ConfigError("--cert and --key go together: give both, or neither for a dev certificate")
         for flag, path in (("--cert", self.cert), ("--key", self.key)):
@@ -154,6 +166,12 @@ class Config:
             raise ConfigError("timeouts must be positive numbers of seconds")
         if self.graceful_timeout < 0 or self.handshake_timeout <= 0:
             raise ConfigError("timeouts must be positive numbers of seconds")
+
+    def worker_count(self) -> int:
+        """How many worker processes `workers` means: `auto` is one per CPU this process may use."""
+        if self.workers == "auto":
+            return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return int(self.workers)
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Config:
@@ -185,6 +203,10 @@ class Config:
 
 def _type_problem(hint: Any, value: Any) -> str | None:
     """What a TOML value should have been for a field of type `hint`, or None if it fits."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        problems = [_type_problem(member, value) for member in typing.get_args(hint)
+                    if member is not type(None)]
+        return None if None in problems else " or ".join(problems)
     if typing.get_origin(hint) is list:
         ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
         return None if ok else "a list of strings"
@@ -207,3 +229,14 @@ def parse_address(addr: str) -> tuple[str, int]:
     elif ":" in host or "[" in host or "]" in host:
         raise ConfigError(f"bad address {addr!r}: write an IPv6 host in brackets, e.g. [::1]:8443")
     return host or "0.0.0.0", int(port)
+
+
+def parse_workers(value: int | str) -> int | str:
+    """`--workers` checked: a number of processes (1 to MAX_WORKERS) or "auto"; "4" becomes 4."""
+    text = str(value).strip().lower() if not isinstance(value, bool) else ""
+    if text == "auto":
+        return "auto"
+    if text.isdigit() and 1 <= int(text) <= MAX_WORKERS:
+        return int(text)
+    raise ConfigError(f"--workers: expected a number of processes from 1 to {MAX_WORKERS}, or auto; "
+                      f"not {value!r}")

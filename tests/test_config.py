@@ -187,3 +187,81 @@ def test_toml_options_take_effect(make_server: Callable[..., RunningServer], tmp
     assert r.status_code == 200
     assert r.headers["server"] == "tomltest"
     assert not log.exists()
+
+
+# -- workers and event loop (appended) ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("argv", "workers", "count"), [
+    ([], 1, 1),
+    (["--workers", "3"], 3, 3),
+    (["--workers", "1024"], 1024, 1024),
+    (["--workers", "auto"], "auto", None),
+    (["--workers", "AUTO"], "auto", None),
+])
+def test_workers_parsed(base: dict[str, Any], argv: list[str], workers: int | str, count: int | None) -> None:
+    """--workers N or auto; auto counts the CPUs this process may run on (its affinity)."""
+    import os
+
+    config = parse_config(["--bind", "127.0.0.1:0", *argv])
+    assert config.workers == workers
+    assert config.worker_count() == (count or len(os.sched_getaffinity(0)))
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "-5", "two", "2.5", "", "1025", "auto2"])
+def test_workers_rejected(value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(["--bind", "127.0.0.1:0", "--workers", value])
+    assert str(raised.value) == ("--workers: expected a number of processes from 1 to 1024, or auto; "
+                                 f"not {value!r}")
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 2.0])
+def test_workers_rejected_in_process(base: dict[str, Any], value: Any) -> None:
+    with pytest.raises(ConfigError, match="--workers"):
+        Config(**base, workers=value)
+
+
+@pytest.mark.parametrize(("text", "workers"), [("workers = 4\n", 4), ('workers = "auto"\n', "auto"),
+                                               ('workers = "2"\n', 2)])
+def test_workers_from_toml(tmp_path: Path, base: dict[str, Any], text: str, workers: int | str) -> None:
+    assert Config.from_toml(write_toml(tmp_path, text), **base).workers == workers
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("workers = true\n", "workers must be an integer or a string, not True"),
+    ("workers = 0\n", "--workers: expected a number of processes"),
+    ("workers = 1.5\n", "workers must be an integer or a string"),
+    ('loop = "trio"\n', "--loop: 'trio' is not one of auto, asyncio, uvloop"),
+])
+def test_workers_and_loop_bad_toml(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Config.from_toml(write_toml(tmp_path, text))
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize("loop", ["auto", "asyncio", "uvloop"])
+def test_loop_choices(base: dict[str, Any], loop: str) -> None:
+    assert parse_config(["--bind", "127.0.0.1:0", "--loop", loop]).loop == loop
+    assert Config(**base).loop == "auto"
+
+
+def test_loop_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"--loop: 'tokio' is not one of auto, asyncio, uvloop"):
+        parse_config(["--bind", "127.0.0.1:0", "--loop", "tokio"])
+
+
+def test_event_loop_factories() -> None:
+    """`--loop` to a factory: asyncio always; auto is uvloop exactly when it can be imported."""
+    import asyncio
+
+    from h2serve.server import event_loop
+
+    assert event_loop("asyncio") == ("asyncio", asyncio.new_event_loop)
+    try:
+        import uvloop
+    except ImportError:
+        assert event_loop("auto")[0] == "asyncio"
+        with pytest.raises(ConfigError, match="uvloop is not installed"):
+            event_loop("uvloop")
+    else:
+        assert event_loop("auto") == event_loop("uvloop") == ("uvloop", uvloop.new_event_loop)
