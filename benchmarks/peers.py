@@ -196,9 +196,11 @@ def nginx_version() -> str:
 
 
 def start_nginx(pages: Path, static: Path, certs: Certs, workdir: Path, *,
-                pushes: list[str] | None = None, cpu: int | None = 0) -> ServerProcess:
-    """nginx, one worker, TLS 1.2/1.3 with the same certificate, `http2` on; pages at / (the index
-    page with `http2_push` of each of `pushes`), `static` at /static/; no access log."""
+                pushes: list[str] | None = None, cpu: int | None = 0,
+                workers: int = 1) -> ServerProcess:
+    """nginx, one worker (or `workers`), TLS 1.2/1.3 with the same certificate, `http2` on; pages
+    at / (the index page with `http2_push` of each of `pushes`), `static` at /static/; no access
+    log."""
     binary = nginx_binary()
     if binary is None:
         raise RuntimeError("nginx is not installed")
@@ -213,7 +215,7 @@ def start_nginx(pages: Path, static: Path, certs: Certs, workdir: Path, *,
     user = "user root root;\n" if os.geteuid() == 0 else ""
     conf = f"""daemon off;
 {user}master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {prefix / "nginx.pid"};
 error_log {prefix / "error.log"} warn;
 events {{ worker_connections 4096; }}
@@ -244,4 +246,5 @@ http {{
     conf_file = prefix / "nginx.conf"
     conf_file.write_text(conf)
     cmd = [binary, "-p", str(prefix), "-c", str(conf_file), "-e", str(prefix / "error.log")]
-    return _start("nginx", pinned(cmd, cpu), port, prefix / "stdout.log")
+    name = "nginx" if workers == 1 else f"nginx-{workers}"
+    return _start(name, pinned(cmd, cpu), port, prefix / "stdout.log")
