@@ -4,6 +4,7 @@ connection errors, h2c, and a client's GOAWAY. Frame-level claims use the raw cl
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 import time
@@ -261,6 +262,29 @@ def test_data_frames_grow_to_a_larger_peer_max_frame_size(make_server, big_file,
         assert sum(sizes) == big_file.size
         assert len(sizes) <= big_file.size // 65536 + 2
         assert client.flow_violations == []
+
+
+def test_data_runs_are_cut_at_an_odd_max_frame_size_and_end_once(make_server, site, ca_file):
+    """DATA goes out in runs (http2.py send_data_run): cut at the peer's SETTINGS_MAX_FRAME_SIZE
+    whatever it is, END_STREAM on each stream's last frame only, streams taking turns."""
+    sizes = {"/static/a.bin": 1_000_003, "/static/b.bin": 700_001, "/static/c.bin": 65_537}
+    for path, size in sizes.items():
+        (site / path.removeprefix("/")).write_bytes(os.urandom(size))
+    srv = make_server(templates=str(site / "templates"), static=str(site / "static"))
+    settings = {SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24, SettingCodes.MAX_FRAME_SIZE: 20_000}
+    with H2Client.tls(srv.port, ca_file, settings=settings, connection_window=1 << 26) as client:
+        sids = {client.request(path): path for path in sizes}
+        client.receive_until(lambda: all(client.responses[s].done for s in sids), timeout=30)
+    frames = [w for w in client.frames if isinstance(w.frame, DataFrame)]
+    assert max(w.length for w in frames) == 20_000
+    for sid, path in sids.items():
+        mine = [w for w in frames if w.stream_id == sid]
+        assert bytes(client.responses[sid].body) == (site / path.removeprefix("/")).read_bytes()
+        assert [("END_STREAM" in w.frame.flags) for w in mine] == [False] * (len(mine) - 1) + [True]
+        assert all(w.length > 0 for w in mine)
+    first_end = min(i for i, w in enumerate(frames) if "END_STREAM" in w.frame.flags)
+    assert len({w.stream_id for w in frames[:first_end]}) == 3  # all three sent before one ends
+    assert client.flow_violations == []
 
 
 def test_zero_window_stalls_until_window_update(make_server, big_file, ca_file):
