@@ -167,6 +167,15 @@ def open_tls(port: int, ca_file: str, alpn: list[str] | None = ("h2",),  # type:
     return ctx.wrap_socket(raw, server_hostname="localhost")
 
 
+def refused(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:`port` any more."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def _empty_manifest(directory: Path) -> str:
     """An empty push map, for servers whose site is not the demo site."""
     path = directory / "empty_push_manifest.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import STATIC, TEMPLATES, ServerProcess, open_tls
+from conftest import STATIC, TEMPLATES, ServerProcess, open_tls, refused
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from h2client import H2Client
@@ -25,14 +25,6 @@ from hyperframe.frame import PingFrame
 from h2serve import Config, Server
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def file_sha256(path: Path) -> str:

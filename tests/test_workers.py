@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, STATIC, TEMPLATES, ServerProcess, open_tls
+from conftest import REPO, STATIC, TEMPLATES, ServerProcess, open_tls, refused
 
 from h2serve.certs import DevCerts
 from h2serve.workers import describe_exit, line_chunks, worker_pids
@@ -49,14 +49,6 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def established_by_pid(port: int, pids: list[int]) -> dict[int, int]:
