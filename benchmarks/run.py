@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_throughput:
                 results["throughput"] = throughput.run(
                     work, certs, quick=args.quick,
-                    servers=[s for s in args.servers if s in throughput.available_servers()],
+                    servers=throughput_servers(args.servers),
                     progress=progress, quiet=args.quiet)
     results["seconds"] = round(time.monotonic() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -503,6 +503,12 @@ def main(argv: list[str] | None = None) -> int:
              + "".join(f", {c}" for c in charts))
     print(markdown)
     return 0
+
+
+def throughput_servers(asked: list[str]) -> list[str]:
+    """The servers asked for that h2load can measure; h2serve brings its asyncio variant."""
+    return [s for s in throughput.available_servers()
+            if s in asked or (s == throughput.ASYNCIO and "h2serve" in asked)]
 
 
 class PinnedTo:
