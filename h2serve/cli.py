@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .certs import ensure_dev_certs, trust_hint
 from .config import Config, ConfigError
 from .files import Site
 from .manifest import default_manifest_path, scan_site
@@ -98,6 +97,8 @@ def cert_command(argv: Sequence[str]) -> int:
     parser.add_argument("--certs-dir", default="certs", metavar="DIR",
                         help="where to write ca.pem, cert.pem and key.pem (default: certs)")
     args = parser.parse_args(argv)
+    from .certs import ensure_dev_certs, trust_hint  # cryptography only when needed: see server.py
+
     try:
         certs, _ = ensure_dev_certs(args.certs_dir, force=True)
     except OSError as e:

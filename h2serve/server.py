@@ -25,7 +25,6 @@ from pathlib import Path
 
 from . import __version__
 from .accesslog import AccessLog
-from .certs import ensure_dev_certs, trust_hint
 from .config import Config, ConfigError, parse_address
 from .files import Policy, Site
 from .listener import Acceptor, bind
@@ -142,6 +141,10 @@ class Server:
         cfg = self.config
         if cfg.cert is not None and cfg.key is not None:
             return cfg.cert, cfg.key
+        # Imported here: `cryptography` adds some 14 MiB to every process that loads it, and a
+        # server given its certificate never needs it.
+        from .certs import ensure_dev_certs, trust_hint
+
         try:
             certs, made = ensure_dev_certs(cfg.certs_dir)
         except OSError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -307,3 +308,23 @@ def test_dev_certificates_made_reused_and_remade(tmp_path: Path, processes: list
     stale = subprocess.run(["curl", "-sS", "--cacert", str(old_ca), f"https://localhost:{third.port}/"],
                            capture_output=True, timeout=10)
     assert stale.returncode == 60  # the old CA no longer verifies the new leaf
+
+
+def test_a_server_given_its_certificate_never_loads_cryptography(spawn_server, verify, tmp_path):
+    """`cryptography` (some 14 MiB of every process that imports it) is for making development
+    certificates only: with --cert/--key it is never mapped; without, it is."""
+    given = spawn_server()
+    assert httpx.get(f"https://localhost:{given.port}/", verify=verify).status_code == 200
+    assert not _maps_cryptography(given.proc.pid)
+    dev = start_process(["--bind", "127.0.0.1:0", "--certs-dir", str(tmp_path / "dev"),
+                         "--templates", str(TEMPLATES), "--static", str(STATIC)])
+    try:
+        ca = ssl.create_default_context(cafile=str(tmp_path / "dev" / "ca.pem"))
+        assert httpx.get(f"https://localhost:{dev.port}/", verify=ca).status_code == 200
+        assert _maps_cryptography(dev.proc.pid)
+    finally:
+        dev.stop()
+
+
+def _maps_cryptography(pid: int) -> bool:
+    return "/cryptography/" in Path(f"/proc/{pid}/maps").read_text()
