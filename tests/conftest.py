@@ -9,9 +9,11 @@ what only a process shows: signals, exit codes, the command line.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -165,6 +167,47 @@ def open_tls(port: int, ca_file: str, alpn: list[str] | None = ("h2",),  # type:
     raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     ctx = tls_client_context(ca_file, list(alpn) if alpn is not None else None)
     return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10, interval: float = 0.02) -> None:
+    """Poll `predicate` until it is true; TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(interval)
+
+
+def start_curl(url: str, ca_file: str, out: Path, rate: str) -> subprocess.Popen[str]:
+    """curl over h2 downloading `url` to `out` at `rate` (curl's --limit-rate); it prints
+    'HTTP-version status size' when done."""
+    return subprocess.Popen(
+        ["curl", "-sS", "--http2", "--cacert", ca_file, "--limit-rate", rate, "-o", str(out),
+         "-w", "%{http_version} %{http_code} %{size_download}", url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def sigterm_during_download(proc: ServerProcess, ca_file: str, big: BigFile, out: Path) -> None:
+    """SIGTERM once 2 MiB of a rate-limited download has arrived: the port refuses new connections
+    at once, the download still completes intact over h2, and the server exits 0."""
+    curl = start_curl(f"https://localhost:{proc.port}{big.url_path}", ca_file, out, "24M")
+    try:
+        wait_for(lambda: out.exists() and out.stat().st_size > 2 << 20)
+        proc.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: refused(proc.port), timeout=5)  # no new connections once stopping
+        assert proc.proc.poll() is None  # but still running: the download is in flight
+        stdout, stderr = curl.communicate(timeout=30)
+    finally:
+        if curl.poll() is None:
+            curl.kill()
+    assert curl.returncode == 0, stderr
+    assert stdout == f"2 200 {big.size}"
+    digest = hashlib.sha256()
+    with open(out, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    assert digest.hexdigest() == big.sha256
+    assert proc.proc.wait(10) == 0
 
 
 def refused(port: int) -> bool:

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import STATIC, TEMPLATES, ServerProcess, open_tls, refused
+from conftest import (
+    STATIC,
+    TEMPLATES,
+    ServerProcess,
+    open_tls,
+    refused,
+    sigterm_during_download,
+)
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from h2client import H2Client
@@ -33,14 +40,6 @@ def file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def wait_for(predicate, timeout: float = 10, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(interval)
 
 
 # -- the embedding API ---------------------------------------------------------------------------------
@@ -171,13 +170,6 @@ def test_graceful_stop_cuts_off_after_the_timeout(make_server, big_file, ca_file
 # -- signals ------------------------------------------------------------------------------------------
 
 
-def start_curl(url: str, ca_file: str, out: Path, rate: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        ["curl", "-sS", "--http2", "--cacert", ca_file, "--limit-rate", rate, "-o", str(out),
-         "-w", "%{http_version} %{http_code} %{size_download}", url],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def stalled_client(proc: ServerProcess, ca_file: str, path: str) -> H2Client:
     """A client whose download stops after the first window: it never acknowledges any data."""
     client = H2Client.tls(proc.port, ca_file, flow_control="manual")
@@ -188,21 +180,7 @@ def stalled_client(proc: ServerProcess, ca_file: str, path: str) -> H2Client:
 
 def test_sigterm_lets_a_download_finish_then_exits_0(spawn_server, big_file, ca_file, tmp_path):
     proc = spawn_server("--templates", str(big_file.templates), "--static", str(big_file.static))
-    out = tmp_path / "download.bin"
-    curl = start_curl(f"https://localhost:{proc.port}{big_file.url_path}", ca_file, out, "24M")
-    try:
-        wait_for(lambda: out.exists() and out.stat().st_size > 2 << 20)
-        proc.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: refused(proc.port), timeout=5)  # no new connections once stopping
-        assert proc.proc.poll() is None  # but still running: the download is in flight
-        stdout, stderr = curl.communicate(timeout=30)
-    finally:
-        if curl.poll() is None:
-            curl.kill()
-    assert curl.returncode == 0, stderr
-    assert stdout == f"2 200 {big_file.size}"
-    assert file_sha256(out) == big_file.sha256
-    assert proc.proc.wait(10) == 0
+    sigterm_during_download(proc, ca_file, big_file, tmp_path / "download.bin")
     log = "".join(proc.stderr_lines)
     assert "SIGTERM: stopping" in log
     assert "stopped" in log

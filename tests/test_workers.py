@@ -7,7 +7,6 @@ against the established connections of /proc/net/tcp), so nothing in the server 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -24,7 +23,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, STATIC, TEMPLATES, ServerProcess, open_tls, refused
+from conftest import (
+    REPO,
+    STATIC,
+    TEMPLATES,
+    ServerProcess,
+    open_tls,
+    sigterm_during_download,
+    wait_for,
+)
 
 from h2serve.certs import DevCerts
 from h2serve.workers import describe_exit, line_chunks, worker_pids
@@ -32,14 +39,6 @@ from h2serve.workers import describe_exit, line_chunks, worker_pids
 ABOUT = (TEMPLATES / "about.html").read_bytes()
 ACCESS_LINE = re.compile(r'^127\.0\.0\.1 - - \[[^\]]+\] "GET /about\?q=x{400} HTTP/(1\.1|2\.0)" 200 \d+ '
                          r'"-" "h2load nghttp2/[\d.]+"$')
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(interval)
 
 
 def alive(pid: int) -> bool:
@@ -214,26 +213,7 @@ def test_sigterm_lets_a_download_finish_then_exits_0(supervised, big_file, ca_fi
     proc = supervised("--workers", "2", "--templates", str(big_file.templates),
                       "--static", str(big_file.static))
     pids = worker_pids(proc.proc.pid)
-    out = tmp_path / "download.bin"
-    curl = subprocess.Popen(
-        ["curl", "-sS", "--http2", "--cacert", ca_file, "--limit-rate", "24M", "-o", str(out),
-         "-w", "%{http_version} %{http_code} %{size_download}",
-         f"https://localhost:{proc.port}{big_file.url_path}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: out.exists() and out.stat().st_size > 2 << 20)
-        proc.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: refused(proc.port), timeout=5)
-        assert proc.proc.poll() is None  # the download is in flight
-        stdout, stderr = curl.communicate(timeout=30)
-    finally:
-        if curl.poll() is None:
-            curl.kill()
-    assert curl.returncode == 0, stderr
-    assert stdout == f"2 200 {big_file.size}"
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    assert digest == big_file.sha256
-    assert proc.proc.wait(10) == 0
+    sigterm_during_download(proc, ca_file, big_file, tmp_path / "download.bin")
     assert not any(alive(p) for p in pids)
     log = "".join(proc.stderr_lines)
     assert "SIGTERM: stopping 2 workers" in log and log.rstrip().endswith("stopped")
