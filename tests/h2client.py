@@ -241,20 +241,22 @@ class H2Client:
     # -- sending ---------------------------------------------------------------------------------
 
     def request(self, path: str, *, method: str = "GET", headers: Iterable[tuple[bytes, bytes]] = (),
-                end_stream: bool = True, keep_body: bool = True) -> int:
-        """Open a stream with a request for `path`; returns its stream id."""
+                end_stream: bool = True, keep_body: bool = True, flush: bool = True) -> int:
+        """Open a stream with a request for `path`; returns its stream id. With `flush=False` it
+        waits for the next flush(), so that several requests leave in one write."""
         return self.send_headers([
             (b":method", method.encode()), (b":scheme", self.scheme),
             (b":authority", self.authority), (b":path", path.encode()), *headers,
-        ], end_stream=end_stream, keep_body=keep_body)
+        ], end_stream=end_stream, keep_body=keep_body, flush=flush)
 
     def send_headers(self, headers: Headers, *, end_stream: bool = True, keep_body: bool = True,
-                     stream_id: int | None = None) -> int:
+                     stream_id: int | None = None, flush: bool = True) -> int:
         """Open a stream with exactly `headers` (pseudo-headers included)."""
         sid = stream_id if stream_id is not None else self.conn.get_next_available_stream_id()
         self.responses[sid] = StreamResponse(sid, keep_body=keep_body, request_headers=list(headers))
         self.conn.send_headers(sid, headers, end_stream=end_stream)
-        self.flush()
+        if flush:
+            self.flush()
         return sid
 
     def grant(self, stream_id: int, increment: int, *, connection: bool = True) -> None:

@@ -273,7 +273,8 @@ def test_data_runs_are_cut_at_an_odd_max_frame_size_and_end_once(make_server, si
     srv = make_server(templates=str(site / "templates"), static=str(site / "static"))
     settings = {SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24, SettingCodes.MAX_FRAME_SIZE: 20_000}
     with H2Client.tls(srv.port, ca_file, settings=settings, connection_window=1 << 26) as client:
-        sids = {client.request(path): path for path in sizes}
+        sids = {client.request(path, flush=False): path for path in sizes}
+        client.flush()  # the three requests in one write: the server reads them together
         client.receive_until(lambda: all(client.responses[s].done for s in sids), timeout=30)
     frames = [w for w in client.frames if isinstance(w.frame, DataFrame)]
     assert max(w.length for w in frames) == 20_000
