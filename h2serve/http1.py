@@ -30,6 +30,7 @@ import h11
 from .accesslog import client_host
 from .push import Client
 from .response import Body, Response
+from .timeouts import SendTimeouts
 
 if TYPE_CHECKING:
     from .protocol import Shared
@@ -45,7 +46,7 @@ INPUT_BUFFER_MAX = 256 * 1024  # unparsed input held behind a response in flight
 CLOSE_AFTER = frozenset({413, 414, 431})  # answers after which the connection closes
 
 
-class H1Protocol(asyncio.Protocol):
+class H1Protocol(SendTimeouts, asyncio.Protocol):
     """One HTTP/1.1 connection."""
 
     def __init__(self, shared: Shared, tls: bool) -> None:
@@ -318,13 +319,7 @@ class H1Protocol(asyncio.Protocol):
         """Timeouts: a client not reading, a request head sent too slowly, an idle connection, and a
         close that does not complete (the transport waits for the client to read what is left)."""
         cfg = self.shared.config
-        if self.closed:
-            if self.transport is not None and now - self.closed_at > cfg.send_timeout:
-                self.transport.abort()
-            return
-        if self.paused and now - self.paused_at > cfg.send_timeout:
-            log.info("client %s has read nothing for %gs: closing", self.client, cfg.send_timeout)
-            self.abort()
+        if self.send_timed_out(now, cfg.send_timeout):
             return
         if self.body is not None:
             return

@@ -69,6 +69,7 @@ from .hpackcache import CachedEncoder
 from .limits import FrameBudgets, TokenBucket
 from .push import Client, PushPlan
 from .response import Body, Response
+from .timeouts import SendTimeouts
 
 if TYPE_CHECKING:
     from .protocol import Shared
@@ -285,7 +286,7 @@ class _Stream:
         self.blocked_at = 0.0  # when it last ran out of flow-control window
 
 
-class H2Protocol(asyncio.Protocol):
+class H2Protocol(SendTimeouts, asyncio.Protocol):
     """One HTTP/2 connection."""
 
     def __init__(self, shared: Shared, tls: bool) -> None:
@@ -678,13 +679,7 @@ class H2Protocol(asyncio.Protocol):
         and a close that does not complete (a client that reads neither our last frames nor the
         TLS close_notify keeps the transport open for good: asyncio has no limit on plain TCP)."""
         cfg = self.shared.config
-        if self.closed:
-            if self.transport is not None and now - self.closed_at > cfg.send_timeout:
-                self.transport.abort()
-            return
-        if self.paused and now - self.paused_at > cfg.send_timeout:
-            log.info("client %s has read nothing for %gs: closing", self.client, cfg.send_timeout)
-            self.abort()
+        if self.send_timed_out(now, cfg.send_timeout):
             return
         stalled = [s for s in self.blocked.values() if now - s.blocked_at > cfg.send_timeout]
         if stalled:
