@@ -383,8 +383,7 @@ def hammer(port: int) -> int:
     """h2load over h2 (8 connections x 32 streams) then HTTP/1.1 (8 connections), GETs with a long
     query: each worker answers dozens of requests per event-loop turn, so each write of the log is
     a batch of many KiB. The number of requests answered."""
-    if shutil.which("h2load") is None:
-        pytest.skip("h2load is not installed (apt-get install nghttp2-client)")
+    assert shutil.which("h2load"), "h2load is not installed: apt-get install nghttp2-client"
     url = f"https://127.0.0.1:{port}/about?q={'x' * 400}"
     done = 0
     for args in (["-c", "8", "-m", "32", "-n", "1600"], ["--h1", "-c", "8", "-n", "400"]):
