@@ -202,12 +202,16 @@ def sigterm_during_download(proc: ServerProcess, ca_file: str, big: BigFile, out
             curl.kill()
     assert curl.returncode == 0, stderr
     assert stdout == f"2 200 {big.size}"
+    assert file_sha256(out) == big.sha256
+    assert proc.proc.wait(10) == 0
+
+
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(out, "rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
-    assert digest.hexdigest() == big.sha256
-    assert proc.proc.wait(10) == 0
+    return digest.hexdigest()
 
 
 def refused(port: int) -> bool:
@@ -329,8 +333,6 @@ class BigFile:
 @pytest.fixture(scope="session")
 def big_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """64 MiB of random bytes written once per run, and their sha256."""
-    import hashlib
-
     path = tmp_path_factory.mktemp("big") / "big.bin"
     digest = hashlib.sha256()
     with open(path, "wb") as f:

@@ -4,7 +4,6 @@ restriction, and the TLS rules of RFC 9113 section 9.2."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import signal
 import socket
 import ssl
@@ -12,7 +11,6 @@ import subprocess
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import httpx
 import pytest
@@ -32,14 +30,6 @@ from hyperframe.frame import PingFrame
 from h2serve import Config, Server
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- the embedding API ---------------------------------------------------------------------------------
