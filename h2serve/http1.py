@@ -149,14 +149,16 @@ class H1Protocol(SendTimeouts, asyncio.Protocol):
     def _on_request(self, request: h11.Request) -> None:
         method = request.method.decode("latin-1")
         target = request.target.decode("latin-1")
+        # h11's Headers iterates by index, a Python call per pair: read it once, as a list.
+        headers = list(request.headers)
         referer = user_agent = None
-        for name, value in request.headers:
+        for name, value in headers:
             if name == b"user-agent":
                 user_agent = value.decode("latin-1")
             elif name == b"referer":
                 referer = value.decode("latin-1")
         protocol = "HTTP/" + request.http_version.decode()
-        problem = _request_problem(request, self.shared.config.max_header_list_size)
+        problem = _request_problem(request, headers, self.shared.config.max_header_list_size)
         if problem is not None:
             status, why = problem
             log.info("bad HTTP/1.1 request from %s: %s", self.client, why)
@@ -164,8 +166,8 @@ class H1Protocol(SendTimeouts, asyncio.Protocol):
             self._send_error_and_close(status)
             return
         try:
-            response = self.shared.site.respond(method, request.target, request.headers)
-            hints = self._apply_plan(request, response)
+            response = self.shared.site.respond(method, request.target, headers)
+            hints = self._apply_plan(request, headers, response)
         except Exception:
             log.exception("error answering %s %s", method, target)
             response, hints = self.shared.site.error(500, method), b""
@@ -175,14 +177,15 @@ class H1Protocol(SendTimeouts, asyncio.Protocol):
         self.entry = (method, target, protocol, response.status, referer, user_agent)
         self.send_response(response, hints)
 
-    def _apply_plan(self, request: h11.Request, response: Response) -> bytes:
+    def _apply_plan(self, request: h11.Request, headers: list[tuple[bytes, bytes]],
+                    response: Response) -> bytes:
         """Add the push map's preload links to a page answer; return the 103 to send first, if
         Early Hints are on for HTTP/1.1 (never to an HTTP/1.0 client, RFC 9110 section 15.2)."""
         if (request.method not in (b"GET", b"HEAD") or response.status != 200
                 or response.file is None or not self.shared.pusher.wants(response.file)):
             return b""
-        host = next((v for n, v in request.headers if n == b"host"), b"")
-        client = Client("http/1.1", "https" if self.tls else "http", host, request.headers,
+        host = next((v for n, v in headers if n == b"host"), b"")
+        client = Client("http/1.1", "https" if self.tls else "http", host, headers,
                         method=request.method.decode())
         plan = self.shared.pusher.plan(response.file, client)
         if plan is None:
@@ -198,8 +201,7 @@ class H1Protocol(SendTimeouts, asyncio.Protocol):
         headers = response.headers
         if self.shared.closing:
             headers = [*headers, (b"connection", b"close")]
-        out = hints + self.conn.send(h11.Response(
-            status_code=response.status, headers=headers, reason=REASON_PHRASES.get(response.status, b"")))
+        out = hints + self.conn.send(_response_head(response.status, headers))
         self.sent = 0
         body = response.body
         if body is not None and body.remaining <= CHUNK:
@@ -334,20 +336,45 @@ class H1Protocol(SendTimeouts, asyncio.Protocol):
             self.close()
 
 
+_HEADS: dict[tuple[object, ...], h11.Response] = {}
+HEADS_CACHED = 256
+
+
+def _response_head(status: int, headers: list[tuple[bytes, bytes]]) -> h11.Response:
+    """The h11 event for a response head. h11 validates every header list it is given, which was
+    a tenth of the time of a small response; a file asked for many times a second is answered with
+    the same list (its Date changes once a second), so each distinct head is validated once and its
+    event reused (events are immutable). The cache is bounded: it starts over when full."""
+    key = (status, *headers)
+    event = _HEADS.get(key)
+    if event is None:
+        event = h11.Response(status_code=status, headers=headers, reason=REASON_PHRASES.get(status, b""))
+        if len(_HEADS) >= HEADS_CACHED:
+            _HEADS.clear()
+        _HEADS[key] = event
+    return event
+
+
 def _buffered(conn: h11.Connection) -> bytes | bytearray:
     """The input h11 holds unparsed, without copying it (h11's `trailing_data` copies it all)."""
     data = getattr(getattr(conn, "_receive_buffer", None), "_data", None)
     return data if isinstance(data, bytearray) else conn.trailing_data[0]
 
 
-def _request_problem(request: h11.Request, max_head: int) -> tuple[int, str] | None:
+def _request_problem(request: h11.Request, headers: list[tuple[bytes, bytes]],
+                     max_head: int) -> tuple[int, str] | None:
     """What h11 lets through but the server refuses: (status, reason), or None if acceptable."""
-    names = {name for name, _ in request.headers}
-    if b"content-length" in names and b"transfer-encoding" in names:
-        return 400, "both Content-Length and Transfer-Encoding"
     # The head as sent: request line, header lines, blank line.
-    size = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n\r\n") + sum(
-        len(name) + len(value) + 4 for name, value in request.headers)
+    size = len(request.method) + len(request.target) + len(b"  HTTP/1.1\r\n\r\n")
+    framing = 0
+    for name, value in headers:
+        size += len(name) + len(value) + 4
+        if name == b"content-length":
+            framing |= 1
+        elif name == b"transfer-encoding":
+            framing |= 2
+    if framing == 3:
+        return 400, "both Content-Length and Transfer-Encoding"
     if size > max_head:
         if len(request.method) + len(request.target) + 11 > max_head:
             return 414, f"request line over the {max_head}-byte limit"

@@ -177,6 +177,37 @@ def test_http10_request_answered_then_closed(server: RunningServer, ca_file: str
     assert body == ABOUT
 
 
+def test_repeated_answers_reuse_a_head_and_keep_their_own_framing(server: RunningServer,
+                                                                    ca_file: str) -> None:
+    """An answer whose head was validated before (http1.py `_response_head`: same status and
+    headers, within the same second of Date) reuses h11's event; h11 still frames each response
+    for its own request: HEAD has no body, HTTP/1.0 without keep-alive is closed after."""
+    with H1Client(server.port, ca_file) as c:
+        first, body1 = c.request(b"GET", b"/static/css/site.css")
+        head, head_body = c.request(b"HEAD", b"/static/css/site.css")
+        again, body2 = c.request(b"GET", b"/static/css/site.css")
+    assert body1 == body2 == CSS and head_body == b""
+    assert first.status_code == head.status_code == again.status_code == 200
+    assert header(head, b"content-length") == str(len(CSS)).encode()
+    assert [h for h in again.headers if h[0] != b"date"] == [h for h in first.headers if h[0] != b"date"]
+    data = raw_exchange(server.port, ca_file, b"GET /static/css/site.css HTTP/1.0\r\n\r\n")
+    raw_head, _, raw_body = data.partition(b"\r\n\r\n")
+    assert re.search(rb"(?im)^connection: *close\r?$", raw_head)
+    assert raw_body == CSS  # and then the server closed (raw_exchange reads until it does)
+
+
+def test_response_head_cache_is_bounded_and_still_validates() -> None:
+    from h2serve import http1
+
+    events = [http1._response_head(200, [(b"content-length", b"0"), (b"x-n", str(i).encode())])
+              for i in range(3 * http1.HEADS_CACHED)]
+    assert len(http1._HEADS) <= http1.HEADS_CACHED
+    assert [e.headers[1][1] for e in events[:3]] == [b"0", b"1", b"2"]
+    assert http1._response_head(200, [(b"content-length", b"0"), (b"x-n", b"5")]).reason == b"OK"
+    with pytest.raises(h11.LocalProtocolError):  # a head not seen before is validated by h11
+        http1._response_head(200, [(b"x-bad", b"split\r\nheader")])
+
+
 # -- malformed requests ---------------------------------------------------------------------------------
 
 MALFORMED = {
