@@ -225,6 +225,7 @@ class _Connection(H2Connection):
         # SETTINGS ACK of a change: enforce the limit we advertise, not h2's default of 64 KiB.
         self.decoder = _Decoder(max_header_list_size=max_header_list_size)
         self.encoder = CachedEncoder()
+        self._blocks: list[bytes | bytearray] = []  # output queued after h2's own buffer (send_data_run)
 
     def release(self) -> None:
         """Break the reference cycle h2 makes of itself (a table of its own bound methods), so
@@ -233,6 +234,7 @@ class _Connection(H2Connection):
         self._frame_dispatch_table = {}
         self.streams.clear()
         self.incoming_buffer = FrameBuffer(server=True)
+        self._blocks.clear()
 
     def send_data_run(self, stream_id: int, data: bytes | memoryview, end_stream: bool) -> None:
         """`send_data` for up to a flow-control window of bytes at once, cut into frames of the
@@ -241,8 +243,9 @@ class _Connection(H2Connection):
         h2's own send_data takes one frame per call and builds, serializes and copies a frame
         object for each: for a large file most of the time went there. Here h2's state machines and
         windows are updated once for the run (the same inputs send_data gives them) and the DATA
-        frames, plain 9-byte headers before the payload, go straight into h2's output buffer, in
-        order with every other frame queued there."""
+        frames, plain 9-byte headers before the payload, are joined into one block that is queued
+        after whatever h2 had queued before it: a large file's run is written out without being
+        copied again."""
         size = len(data)
         if size > self.local_flow_control_window(stream_id):
             raise FlowControlError(f"{size} bytes over the flow-control window of stream {stream_id}")
@@ -253,12 +256,36 @@ class _Connection(H2Connection):
             stream.state_machine.process_input(StreamInputs.SEND_END_STREAM)
         stream.outbound_flow_control_window -= size
         self.outbound_flow_control_window -= size
-        out, step, sid = self._data_to_send, self.max_outbound_frame_size, stream_id.to_bytes(4, "big")
-        for start in range(0, size, step) if size else (0,):
+        step, sid = self.max_outbound_frame_size, stream_id.to_bytes(4, "big")
+        if size <= step:  # one frame (a small file): into h2's buffer, like its own frames
+            self._data_to_send += size.to_bytes(3, "big") + (b"\x00\x01" if end_stream else b"\x00\x00") + sid
+            self._data_to_send += data
+            return
+        frames: list[bytes | memoryview] = []
+        for start in range(0, size, step):
             piece = data[start:start + step]
             last = end_stream and start + step >= size
-            out += len(piece).to_bytes(3, "big") + (b"\x00\x01" if last else b"\x00\x00") + sid
-            out += piece
+            frames += (len(piece).to_bytes(3, "big") + (b"\x00\x01" if last else b"\x00\x00") + sid, piece)
+        if self._data_to_send:  # frames h2 queued before this run go out before it
+            self._blocks.append(self._data_to_send)
+            self._data_to_send = bytearray()
+        self._blocks.append(b"".join(frames))
+
+    def data_to_send(self, amount: int | None = None) -> bytes:
+        """Everything queued, in order: h2's buffer and the DATA runs (not copied when there is
+        only one of them)."""
+        if amount is not None:  # h2's partial form: not used here, kept correct
+            self._data_to_send[:0] = b"".join(self._blocks)
+            self._blocks.clear()
+            return super().data_to_send(amount)
+        blocks = self._blocks
+        if self._data_to_send:
+            blocks.append(self._data_to_send)
+            self._data_to_send = bytearray()
+        if not blocks:
+            return b""
+        self._blocks = []
+        return blocks[0] if len(blocks) == 1 else b"".join(blocks)  # type: ignore[return-value]
 
     def clear_outbound_data_buffer(self) -> None:
         # h2 calls this only on receiving a GOAWAY, dropping what it queued for the frames read just

@@ -288,6 +288,61 @@ def test_data_runs_are_cut_at_an_odd_max_frame_size_and_end_once(make_server, si
     assert client.flow_violations == []
 
 
+def test_frames_queued_after_a_data_run_follow_it(make_server, site, ca_file):
+    """A run of several DATA frames is queued as one block (http2.py send_data_run); a frame h2
+    queues after it, here the RST_STREAM(NO_ERROR) that follows a response sent before its request
+    ended, goes out after the run's last frame, and frames queued before it (HEADERS) before."""
+    (site / "static/run.bin").write_bytes(os.urandom(100_000))
+    srv = make_server(templates=str(site / "templates"), static=str(site / "static"))
+    settings = {SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20}
+    with H2Client.tls(srv.port, ca_file, settings=settings, connection_window=1 << 22) as client:
+        sid = client.request("/static/run.bin", end_stream=False)
+        client.receive_until(lambda: bool(client.resets(sid)), timeout=10)
+    kinds = [w.type for w in client.frames if w.stream_id == sid]
+    assert kinds[0] == "HEADERS" and kinds[-1] == "RSTSTREAM"
+    assert set(kinds[1:-1]) == {"DATA"} and len(kinds) - 2 >= 7  # 100,000 bytes in 16 KiB frames
+    assert "END_STREAM" in client.frames_of(DataFrame, sid)[-1].flags
+    assert bytes(client.responses[sid].body) == (site / "static/run.bin").read_bytes()
+    assert [f.error_code for f in client.resets(sid)] == [ErrorCodes.NO_ERROR]
+
+
+def test_partial_data_to_send_keeps_the_order_of_runs_and_frames():
+    """h2's data_to_send(amount) (not used by the server, kept correct): a DATA run and the frames
+    queued before and after it come out in order, whatever the slices (sans-IO, in memory)."""
+    from h2.config import H2Configuration
+    from h2.connection import H2Connection
+    from h2.events import DataReceived, PingReceived, ResponseReceived
+
+    from h2serve.http2 import H2_CONFIG, _Connection
+    from h2serve.limits import FrameBudgets
+
+    client = H2Connection(H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    client.increment_flow_control_window(1 << 20)
+    server = _Connection(H2_CONFIG, FrameBudgets(), 65536)
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    client.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "https"),
+                            (":authority", "localhost")], end_stream=True)
+    server.receive_data(client.data_to_send())
+    body = os.urandom(50_000)
+    server.send_headers(1, [(b":status", b"200")])
+    server.send_data_run(1, body, end_stream=False)
+    server.ping(b"after-12")  # queued by h2 after the run
+    server.send_data_run(1, b"tail", end_stream=True)
+    events = []
+    while chunk := server.data_to_send(777):
+        events += client.receive_data(chunk)
+    assert b"".join(e.data for e in events if isinstance(e, DataReceived)) == body + b"tail"
+    assert isinstance(events[0], ResponseReceived)
+    ping_at = next(i for i, e in enumerate(events) if isinstance(e, PingReceived))
+    data_before = sum(len(e.data) for e in events[:ping_at] if isinstance(e, DataReceived))
+    assert data_before == len(body)  # the PING came after the whole first run, before the tail
+
+
 def test_zero_window_stalls_until_window_update(make_server, big_file, ca_file):
     srv = make_server(**big_file.server_options())
     with H2Client.tls(srv.port, ca_file, settings={SettingCodes.INITIAL_WINDOW_SIZE: 0},
