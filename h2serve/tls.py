@@ -15,13 +15,18 @@ from .config import ConfigError
 
 # TLS 1.2 suites allowed by RFC 9113 section 9.2.2: ECDHE key exchange and AEAD ciphers only.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+# Every suite allowed (these, and TLS 1.3's) is strong, so the client's order decides, as Mozilla's
+# server-side TLS guidelines advise and nginx does by default: a client without AES instructions
+# (many phones) asks for ChaCha20 first, one with them for AES-128-GCM, cheaper than the AES-256 that
+# OpenSSL's own order would put first (about a quarter of the CPU of a large file is encryption).
 
 
 def make_ssl_context(cert: str, key: str, alpn: Sequence[str]) -> ssl.SSLContext:
     """A server context for `cert`/`key` offering `alpn`; raises ConfigError naming a bad file."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE  # Python's server contexts set it
     ctx.set_ciphers(TLS12_CIPHERS)
     ctx.set_alpn_protocols(list(alpn))
     for option, path in (("--cert", cert), ("--key", key)):

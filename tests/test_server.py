@@ -4,6 +4,7 @@ restriction, and the TLS rules of RFC 9113 section 9.2."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import ssl
@@ -304,6 +305,28 @@ def test_tls12_ecdhe_aead_works(server, ca_file, cipher):
         assert sock.cipher()[0] == cipher
         assert sock.selected_alpn_protocol() == "h2"
         assert sock.compression() is None
+
+
+@pytest.mark.parametrize("ciphers", [
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305",
+])
+def test_tls12_client_cipher_preference_is_honoured(server, ca_file, ciphers):
+    """Every allowed suite is ECDHE with an AEAD: the client picks the one fastest on its hardware
+    (ChaCha20 without AES instructions), as Mozilla's TLS guidelines advise."""
+    with handshake(server.port, ca_file, version=ssl.TLSVersion.TLSv1_2, ciphers=ciphers) as sock:
+        assert sock.cipher()[0] == ciphers.split(":")[0]
+
+
+@pytest.mark.parametrize("suites", [
+    "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+    "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384",
+])
+def test_tls13_client_suite_preference_is_honoured(server, ca_file, suites):
+    p = subprocess.run(["openssl", "s_client", "-tls1_3", "-ciphersuites", suites, "-CAfile", ca_file,
+                        "-connect", f"127.0.0.1:{server.port}", "-servername", "localhost"],
+                       input="", capture_output=True, text=True, timeout=10)
+    assert re.search(r"Cipher is (\S+)", p.stdout).group(1) == suites.split(":")[0]
 
 
 def test_tls13_works_without_compression(server, ca_file):
