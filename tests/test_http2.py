@@ -13,18 +13,25 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import STATIC, TEMPLATES, open_tls
+from h2.config import H2Configuration
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
+from h2.events import DataReceived, PingReceived, ResponseReceived, StreamEnded
 from h2.settings import SettingCodes, Settings
 from h2client import H2Client
 from hpack import Encoder
 from hyperframe.frame import (
     DataFrame,
+    Frame,
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
     SettingsFrame,
     WindowUpdateFrame,
 )
+
+from h2serve.http2 import H2_CONFIG, _Connection
+from h2serve.limits import FrameBudgets
 
 CURL_TIMEOUT = 30
 
@@ -306,19 +313,12 @@ def test_frames_queued_after_a_data_run_follow_it(make_server, site, ca_file):
     assert [f.error_code for f in client.resets(sid)] == [ErrorCodes.NO_ERROR]
 
 
-def test_partial_data_to_send_keeps_the_order_of_runs_and_frames():
-    """h2's data_to_send(amount) (not used by the server, kept correct): a DATA run and the frames
-    queued before and after it come out in order, whatever the slices (sans-IO, in memory)."""
-    from h2.config import H2Configuration
-    from h2.connection import H2Connection
-    from h2.events import DataReceived, PingReceived, ResponseReceived
-
-    from h2serve.http2 import H2_CONFIG, _Connection
-    from h2serve.limits import FrameBudgets
-
+def memory_pair(**client_settings: int) -> tuple[H2Connection, _Connection]:
+    """A client H2Connection and the server's _Connection wired in memory, past the preface, with
+    stream 1 a GET of /."""
     client = H2Connection(H2Configuration(client_side=True))
     client.initiate_connection()
-    client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20, **client_settings})
     client.increment_flow_control_window(1 << 20)
     server = _Connection(H2_CONFIG, FrameBudgets(), 65536)
     server.initiate_connection()
@@ -328,8 +328,15 @@ def test_partial_data_to_send_keeps_the_order_of_runs_and_frames():
     client.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "https"),
                             (":authority", "localhost")], end_stream=True)
     server.receive_data(client.data_to_send())
+    return client, server
+
+
+def test_partial_data_to_send_keeps_the_order_of_runs_and_frames():
+    """h2's data_to_send(amount) (not used by the server, kept correct): a DATA run and the frames
+    queued before and after it come out in order, whatever the slices (sans-IO, in memory)."""
+    client, server = memory_pair()
     body = os.urandom(50_000)
-    server.send_headers(1, [(b":status", b"200")])
+    server.send_response_headers(1, [(b":status", b"200")], end_stream=False)
     server.send_data_run(1, body, end_stream=False)
     server.ping(b"after-12")  # queued by h2 after the run
     server.send_data_run(1, b"tail", end_stream=True)
@@ -341,6 +348,29 @@ def test_partial_data_to_send_keeps_the_order_of_runs_and_frames():
     ping_at = next(i for i, e in enumerate(events) if isinstance(e, PingReceived))
     data_before = sum(len(e.data) for e in events[:ping_at] if isinstance(e, DataReceived))
     assert data_before == len(body)  # the PING came after the whole first run, before the tail
+
+
+def test_a_header_block_over_the_max_frame_size_goes_out_as_headers_and_continuations():
+    """send_response_headers frames the block itself: HEADERS then CONTINUATION frames of at most
+    the peer's SETTINGS_MAX_FRAME_SIZE, END_STREAM on the HEADERS frame, END_HEADERS on the last."""
+    client, server = memory_pair()
+    headers = [(b":status", b"200"), *((b"x-filler-%d" % i, b"v" * 40) for i in range(600))]
+    server.send_response_headers(1, headers, end_stream=True)
+    wire = server.data_to_send()
+    frames = []
+    while wire:
+        frame, length = Frame.parse_frame_header(memoryview(wire[:9]))
+        frame.parse_body(memoryview(wire[9:9 + length]))
+        frames.append(frame)
+        wire = wire[9 + length:]
+    assert [type(f).__name__ for f in frames] == ["HeadersFrame"] + ["ContinuationFrame"] * (len(frames) - 1)
+    assert len(frames) >= 2 and all(len(f.data) <= 16384 for f in frames)
+    assert [("END_HEADERS" in f.flags) for f in frames] == [False] * (len(frames) - 1) + [True]
+    assert "END_STREAM" in frames[0].flags
+    events = client.receive_data(b"".join(f.serialize() for f in frames))
+    (response,) = [e for e in events if isinstance(e, ResponseReceived)]
+    assert response.headers == headers
+    assert any(isinstance(e, StreamEnded) for e in events)
 
 
 def test_zero_window_stalls_until_window_update(make_server, big_file, ca_file):
