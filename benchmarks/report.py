@@ -135,7 +135,8 @@ def markdown(results: dict[str, Any], title: bool = True) -> str:
     tp = results.get("throughput")
     if tp and tp.get("servers"):
         names = list(tp["servers"])
-        best = f"best of {tp['repeats']} runs" if tp.get("repeats", 1) > 1 else "one run"
+        best = (f"median of {tp['repeats']} runs" if tp.get("repeats", 1) > 2
+                else f"best of {tp['repeats']} runs" if tp.get("repeats", 1) > 1 else "one run")
         out += ["### Throughput (h2load)", "",
                 f"Requests per second (the 64 MiB file: MB/s), {best} each, server on core 0 and "
                 "h2load on core 1; then h2serve's rate as a ratio to each peer's.", ""]
@@ -160,9 +161,27 @@ def markdown(results: dict[str, Any], title: bool = True) -> str:
             out += ["", "\\* h2load 1.52 counts an HTTP/1.1 response whose status line has no reason "
                         "phrase (`HTTP/1.1 200 `, as h11 writes it) as failed; the rate counts them as "
                         "done, which they are."]
-        out += ["", *_ceiling_lines(tp)]
+        out += ["", *_ceiling_lines(tp), "", *throughput_targets(tp)]
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def throughput_targets(tp: dict[str, Any]) -> list[str]:
+    """Issue 7's targets, each checked on this run's figures (the ones its peers make possible)."""
+    ratios = tp.get("ratios", {})
+    hyper, nginx, ceiling = ratios.get("hypercorn", {}), ratios.get("nginx", {}), ratios.get("ceiling", {})
+    checks = [("h2, 1 KiB, 32 x 10: >= 3x Hypercorn", hyper.get("1KiB h2 32x10"), 3.0),
+              ("h2, 1 KiB, 32 x 10: >= 0.8x the in-memory h2 ceiling", ceiling.get("1KiB h2 32x10"), 0.8),
+              ("HTTP/1.1, 1 KiB, 32 connections: >= 2x Hypercorn", hyper.get("1KiB h1 32"), 2.0),
+              ("h2, 64 MiB: >= nginx's MB/s", nginx.get("64MiB h2"), 1.0)]
+    out = [f"- h2serve {what}: {_ratio(value)} -> {'met' if value >= floor else 'MISSED'}"
+           for what, value, floor in checks if value is not None]
+    servers = tp.get("servers", {})
+    if "h2serve" in servers and "hypercorn" in servers:
+        ours, theirs = (servers[n].get("peak_rss_kib", 0) / 1024 for n in ("h2serve", "hypercorn"))
+        out.append(f"- h2serve peak RSS <= Hypercorn's: {ours:.1f} vs {theirs:.1f} MiB -> "
+                   f"{'met' if ours <= theirs else 'MISSED'}")
+    return out
 
 
 def _ceiling_lines(tp: dict[str, Any]) -> list[str]:
