@@ -6,6 +6,12 @@ logs an error and retries a second later. A public server wants a limit of its o
 wait in the kernel's backlog until a connection closes. The accepted socket is handed to
 `loop.connect_accepted_socket`, which does the TLS handshake with its timeout.
 
+On a TLS port the client's first byte is looked at (MSG_PEEK: it stays for the TLS layer) before
+the handshake starts. A TLS client begins with a handshake record (0x16); one that begins with an
+upper-case letter is speaking plain HTTP to the HTTPS port (`curl http://host:443/`: the first
+letter of a method), and gets a plain-text 400 saying so, as nginx answers, instead of a
+connection closed without a word. Anything else goes to the TLS layer, which refuses it.
+
 Memory per TLS connection: asyncio's SSL protocol gives every connection a read buffer of its
 class attribute `max_size`, 256 KiB, allocated (and touched) when the connection is accepted and
 kept for its life: 500 MiB for 2,000 idle clients. `TLS_READ_BUFFER` sets it to 32 KiB (two TLS
@@ -35,6 +41,10 @@ ACCEPT_BATCH = 64               # connections accepted per wake-up, so one liste
 RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 RESOURCE_RETRY = 1.0            # seconds to stop accepting after running out of file descriptors
 TLS_READ_BUFFER = 32 * 1024     # per-connection TLS read buffer (asyncio's default: 256 KiB)
+PLAIN_HTTP_BODY = b"This is an HTTPS port: the request was sent as plain HTTP. Use https://.\n"
+PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                     b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                     % (len(PLAIN_HTTP_BODY), PLAIN_HTTP_BODY))
 
 if getattr(sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
     sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
@@ -107,6 +117,7 @@ class Acceptor:
         self.handshake_timeout = handshake_timeout
         self.room = room
         self.handshakes = 0            # TLS handshakes under way: they count as connections
+        self.sniffing: dict[socket.socket, tuple[asyncio.TimerHandle, float]] = {}  # first byte awaited
         self.accepting = False
         self.closed = False
         self._loop = asyncio.get_running_loop()
@@ -127,6 +138,8 @@ class Acceptor:
         self.pause()
         self.closed = True
         self.sock.close()
+        for conn in list(self.sniffing):
+            self._drop(conn)
 
     def _accept(self) -> None:
         for _ in range(ACCEPT_BATCH):
@@ -142,18 +155,85 @@ class Acceptor:
                 return
             conn.setblocking(False)
             self.handshakes += 1
-            task = self._loop.create_task(self._loop.connect_accepted_socket(
-                self.factory, conn, ssl=self.ssl_ctx,
-                ssl_handshake_timeout=self.handshake_timeout if self.ssl_ctx else None))
-            task.add_done_callback(self._handshake_done)
+            if self.ssl_ctx is None:
+                self._connect(conn)
+            else:
+                self._sniff(conn, self._loop.time() + self.handshake_timeout)
+
+    def _connect(self, conn: socket.socket, deadline: float = 0.0) -> None:
+        """The connection to its protocol; over TLS once the handshake is done by `deadline`."""
+        timeout = max(deadline - self._loop.time(), 0.1) if self.ssl_ctx else None
+        task = self._loop.create_task(self._loop.connect_accepted_socket(
+            self.factory, conn, ssl=self.ssl_ctx, ssl_handshake_timeout=timeout))
+        task.add_done_callback(self._handshake_done)
 
     def _handshake_done(self, task: asyncio.Task[object]) -> None:
-        self.handshakes -= 1
         if not task.cancelled() and task.exception() is not None:
             # A client that fails or stalls its TLS handshake: nothing the operator can act on.
             log.debug("TLS handshake failed: %s", task.exception())
+        self._handshake_over()
+
+    def _handshake_over(self) -> None:
+        self.handshakes -= 1
         if not self.accepting and self.room():
             self.start()
+
+    # -- the first byte on a TLS port ------------------------------------------------------------
+
+    def _sniff(self, conn: socket.socket, deadline: float) -> None:
+        """Look at the client's first byte (usually in by now), or wait for it until `deadline`:
+        the handshake timeout counts from the accept, whatever the wait."""
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            timer = self._loop.call_at(deadline, self._drop, conn)
+            self.sniffing[conn] = (timer, deadline)
+            self._loop.add_reader(conn.fileno(), self._sniffed, conn)
+            return
+        except OSError:
+            first = b""  # reset by the client: nothing to answer
+        if first and not first.isupper():  # a TLS record (0x16), or garbage the TLS layer refuses
+            self._connect(conn, deadline)
+            return
+        if first:  # "G" of GET, "P" of POST or of the HTTP/2 preface...
+            self._answer_plain_http(conn)
+        conn.close()
+        self._handshake_over()
+
+    def _sniffed(self, conn: socket.socket) -> None:
+        """Readable: look again (a spurious wake-up just waits on, until the same deadline)."""
+        entry = self.sniffing.pop(conn, None)
+        if entry is not None:
+            entry[0].cancel()
+            self._loop.remove_reader(conn.fileno())
+            self._sniff(conn, entry[1])
+
+    def _answer_plain_http(self, conn: socket.socket) -> None:
+        """A 400 in plain text. What the client already sent (a request head, 64 KiB at most) is
+        read first: closing a socket with unread input makes the kernel send a reset, which can
+        destroy the answer in flight."""
+        try:
+            for _ in range(4):
+                if not conn.recv(16384):
+                    break
+        except OSError:
+            pass  # nothing more to read for now (or the client is gone)
+        try:
+            conn.send(PLAIN_HTTP_ANSWER)  # small: it fits the socket's buffer in one go
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        log.info("plain HTTP request on a TLS port from %s: answered 400", _peer(conn))
+
+    def _drop(self, conn: socket.socket) -> None:
+        """A client that sent nothing within the handshake timeout (or the server is closing)."""
+        entry = self.sniffing.pop(conn, None)
+        if entry is None:
+            return
+        entry[0].cancel()
+        self._loop.remove_reader(conn.fileno())
+        conn.close()
+        self._handshake_over()
 
     def _accept_failed(self, error: OSError) -> None:
         if error.errno in RESOURCE_ERRORS:
@@ -165,3 +245,10 @@ class Acceptor:
             self._loop.call_later(RESOURCE_RETRY, self.start)
         else:
             log.warning("accept failed: %s", error)
+
+
+def _peer(conn: socket.socket) -> str:
+    try:
+        return str(conn.getpeername()[0])
+    except OSError:
+        return "-"

@@ -15,6 +15,7 @@ import resource
 import socket
 import ssl
 import struct
+import subprocess
 import time
 
 import pytest
@@ -307,8 +308,8 @@ def test_request_body_on_a_get_only_route_gets_413_over_http2(quick_server, ca_f
 def test_garbage_instead_of_tls_is_closed_with_one_log_line_each(quick_server, ca_file):
     proc = quick_server("--log-level", "debug")
     since = len(proc.stderr_lines)
-    payloads = [os.urandom(200), b"\x16\x03\x01\x00\x05hello", b"\x00" * 1000,
-                request(), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x16\x03\x03\xff\xff" + b"z" * 300]
+    payloads = [b"\x9f" + os.urandom(200), b"\x16\x03\x01\x00\x05hello", b"\x00" * 1000,
+                b"\x16\x03\x03\xff\xff" + b"z" * 300, b"get / http/1.1\r\n\r\n"]
     with Siege(proc, ca_file):
         for payload in payloads:
             with tcp(proc.port) as sock:
@@ -319,6 +320,34 @@ def test_garbage_instead_of_tls_is_closed_with_one_log_line_each(quick_server, c
     wait_for(lambda: count_lines(proc, "TLS handshake failed", since) >= len(payloads), 3)
     assert count_lines(proc, "TLS handshake failed", since) == len(payloads)
     assert_quiet(proc, since, worst="DEBUG")
+
+
+@pytest.mark.parametrize("payload", [request(), b"POST /x HTTP/1.0\r\n\r\n",
+                                     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"])
+def test_plain_http_on_the_tls_port_gets_a_400_saying_so(quick_server, ca_file, payload):
+    """As nginx answers: a client that speaks plain HTTP (or h2 with prior knowledge) to the TLS
+    port learns why it is refused, in plain text, and the connection closes cleanly after it."""
+    proc = quick_server()
+    since = len(proc.stderr_lines)
+    with Siege(proc, ca_file), tcp(proc.port) as sock:
+        sock.sendall(payload)
+        closed, data = closed_by_server(sock, 3)
+    assert closed
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"\r\nconnection: close" in head and b"content-length: %d" % len(body) in head
+    assert b"https://" in body
+    wait_for(lambda: count_lines(proc, "plain HTTP request on a TLS port", since) == 1, 3)
+    assert count_lines(proc, "TLS handshake failed", since) == 0
+    assert_quiet(proc, since)
+
+
+def test_curl_with_http_to_the_tls_port_prints_the_reason(quick_server):
+    proc = quick_server()
+    done = subprocess.run(["curl", "-sS", f"http://127.0.0.1:{proc.port}/"], capture_output=True,
+                          text=True, timeout=10)
+    assert done.returncode == 0, done.stderr
+    assert "plain HTTP" in done.stdout and "https://" in done.stdout
 
 
 H1_BAD = {

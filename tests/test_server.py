@@ -276,6 +276,24 @@ def handshake(port: int, ca_file: str, *, version: ssl.TLSVersion | None = None,
         raise
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_client_hello_that_comes_late_still_gets_tls(make_server, spawn_server, ca_file, loop):
+    """The listener waits for the client's first byte before the TLS handshake (listener.py): a
+    client that connects and says nothing for a while, then sends its ClientHello, is served, on
+    either loop (in-process servers run on asyncio, the CLI on uvloop)."""
+    port = make_server().port if loop == "asyncio" else spawn_server("--loop", "uvloop").port
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    time.sleep(0.3)  # the server has accepted and found nothing to read yet
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.set_alpn_protocols(["h2"])
+    with H2Client(ctx.wrap_socket(raw, server_hostname="localhost"), authority="localhost",
+                  scheme="https") as client:
+        sid = client.request("/about")
+        client.receive_until(lambda: client.responses[sid].done)
+        assert client.responses[sid].status == 200
+        assert bytes(client.responses[sid].body) == (TEMPLATES / "about.html").read_bytes()
+
+
 def test_tls11_is_refused(server, ca_file):
     # SECLEVEL=0 lets this OpenSSL build a TLS 1.1 ClientHello at all; the server must refuse it.
     with pytest.raises(ssl.SSLError):
