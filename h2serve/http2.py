@@ -326,17 +326,17 @@ class _Connection(H2Connection):
 class _Stream:
     """A response being sent on one stream, and what the access log needs of its request."""
 
-    __slots__ = ("blocked_at", "body", "id", "method", "referer", "request_done", "sent", "status",
-                 "target", "user_agent")
+    __slots__ = ("blocked_at", "body", "id", "method", "referer", "sent", "status", "target",
+                 "uploading", "user_agent")
 
     def __init__(self, stream_id: int, method: str, target: str, referer: str | None,
-                 user_agent: str | None, request_done: bool) -> None:
+                 user_agent: str | None) -> None:
         self.id = stream_id
         self.method = method
         self.target = target
         self.referer = referer
         self.user_agent = user_agent
-        self.request_done = request_done
+        self.uploading = False  # the client sends a body (DATA seen, END_STREAM not yet)
         self.status = 0
         self.sent = 0
         self.body: Body | None = None
@@ -503,7 +503,7 @@ class H2Protocol(SendTimeouts, asyncio.Protocol):
                 user_agent = value.decode("latin-1")
             elif name == b"referer":
                 referer = value.decode("latin-1")
-        stream = _Stream(sid, method, target, referer, user_agent, event.stream_ended is not None)
+        stream = _Stream(sid, method, target, referer, user_agent)
         try:
             response = self.shared.site.respond(method, target.encode("latin-1"), headers)
             plan = self._push_plan(method, response, authority, headers)
@@ -562,7 +562,7 @@ class H2Protocol(SendTimeouts, asyncio.Protocol):
         self.pump()
         for pid, promise in promised:
             path = promise.entry.path
-            pushed = _Stream(pid, "GET", path, stream.target, stream.user_agent, True)
+            pushed = _Stream(pid, "GET", path, stream.target, stream.user_agent)
             # The same handler as any request for that path: same status, headers and bytes.
             try:
                 response = self.shared.site.respond("GET", path.encode(), promise.headers)
@@ -588,14 +588,28 @@ class H2Protocol(SendTimeouts, asyncio.Protocol):
         self.ready.append(stream)
 
     def _on_data(self, event: DataReceived) -> None:
-        # Request bodies are not used by a static server; give the window straight back.
+        """Request bodies are not used by a static server: the window goes straight back. A
+        client that sends a body is asked to stop once its answer is complete: RST_STREAM with
+        NO_ERROR (RFC 9113 section 8.1). Not before it sends one: until then the stream stays
+        half-closed, and whatever else the client sends on it (trailers, WINDOW_UPDATE) is checked
+        by h2 as on any open stream, with the error code the RFC names."""
+        sid = event.stream_id
         if event.flow_controlled_length:
-            self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+        stream = self.streams.get(sid)
+        if stream is not None:  # the answer is still going out: stop the body when it is complete
+            stream.uploading = event.stream_ended is None
+        elif event.stream_ended is None and not self.closed:
+            self._stop_upload(sid)
 
     def _on_stream_ended(self, event: StreamEnded) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is not None:
-            stream.request_done = True
+            stream.uploading = False
+
+    def _stop_upload(self, stream_id: int) -> None:
+        with contextlib.suppress(ProtocolError):
+            self.conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
     def _on_reset(self, event: StreamReset) -> None:
         stream = self.streams.get(event.stream_id)
@@ -694,10 +708,8 @@ class H2Protocol(SendTimeouts, asyncio.Protocol):
         if complete:
             self.budgets.stream_completed()
         self.last_active = time.monotonic()
-        if complete and not stream.request_done and not self.closed:
-            # RFC 9113 section 8.1: the response is complete; ask the client to stop sending.
-            with contextlib.suppress(ProtocolError):
-                self.conn.reset_stream(stream.id, ErrorCodes.NO_ERROR)
+        if complete and stream.uploading and not self.closed:
+            self._stop_upload(stream.id)
         self.shared.access_log.log(
             self.client, stream.method, stream.target, "HTTP/2.0", stream.status, stream.sent,
             stream.referer, stream.user_agent)

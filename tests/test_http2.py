@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from attack import frame_bytes
 from conftest import STATIC, TEMPLATES, open_tls
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -34,6 +35,7 @@ from h2serve.http2 import H2_CONFIG, _Connection
 from h2serve.limits import FrameBudgets
 
 CURL_TIMEOUT = 30
+DATA, WINDOW_UPDATE, END_STREAM_FLAG = 0x0, 0x8, 0x1  # frame types and flag (RFC 9113 section 6)
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -295,22 +297,41 @@ def test_data_runs_are_cut_at_an_odd_max_frame_size_and_end_once(make_server, si
     assert client.flow_violations == []
 
 
-def test_frames_queued_after_a_data_run_follow_it(make_server, site, ca_file):
-    """A run of several DATA frames is queued as one block (http2.py send_data_run); a frame h2
-    queues after it, here the RST_STREAM(NO_ERROR) that follows a response sent before its request
-    ended, goes out after the run's last frame, and frames queued before it (HEADERS) before."""
+def test_frames_queued_between_data_runs_keep_their_place(make_server, site, ca_file):
+    """A run of several DATA frames is queued as one block (http2.py send_data_run); a frame
+    queued in h2's buffer while blocks wait, here a small file's single DATA frame sent in its turn
+    between two runs of a large file, goes out between them, not before or after both."""
     (site / "static/run.bin").write_bytes(os.urandom(100_000))
     srv = make_server(templates=str(site / "templates"), static=str(site / "static"))
     settings = {SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20}
     with H2Client.tls(srv.port, ca_file, settings=settings, connection_window=1 << 22) as client:
-        sid = client.request("/static/run.bin", end_stream=False)
-        client.receive_until(lambda: bool(client.resets(sid)), timeout=10)
-    kinds = [w.type for w in client.frames if w.stream_id == sid]
-    assert kinds[0] == "HEADERS" and kinds[-1] == "RSTSTREAM"
-    assert set(kinds[1:-1]) == {"DATA"} and len(kinds) - 2 >= 7  # 100,000 bytes in 16 KiB frames
-    assert "END_STREAM" in client.frames_of(DataFrame, sid)[-1].flags
-    assert bytes(client.responses[sid].body) == (site / "static/run.bin").read_bytes()
-    assert [f.error_code for f in client.resets(sid)] == [ErrorCodes.NO_ERROR]
+        big = client.request("/static/run.bin", flush=False)
+        small = client.request("/static/css/site.css", flush=False)
+        client.flush()  # both requests in one write: the server takes turns between them
+        client.receive_until(lambda: client.responses[big].done and client.responses[small].done)
+    order = [w.stream_id for w in client.frames if isinstance(w.frame, DataFrame)]
+    first_small = order.index(small)
+    assert order[:first_small] == [big] * 4  # the large file's first run: 64 KiB in 16 KiB frames
+    assert big in order[first_small + 1:]     # its second run after the small file's frame
+    assert bytes(client.responses[big].body) == (site / "static/run.bin").read_bytes()
+    assert bytes(client.responses[small].body) == (STATIC / "css/site.css").read_bytes()
+
+
+def test_a_request_without_end_stream_is_answered_and_its_stream_stays_checked(server, ca_file):
+    """A GET whose HEADERS lack END_STREAM is answered at once, and the stream stays half-closed
+    rather than reset: a WINDOW_UPDATE the client then sends on it that overflows the window gets
+    the stream error RFC 9113 section 6.9.1 names (FLOW_CONTROL_ERROR), as h2spec checks."""
+    with H2Client.tls(server.port, ca_file) as client:
+        sid = client.request("/about", end_stream=False)
+        client.receive_until(lambda: client.responses[sid].done)
+        client.receive_for(0.2)
+        assert client.resets(sid) == []  # no RST_STREAM(NO_ERROR) before the client sends a body
+        client.send_raw(frame_bytes(WINDOW_UPDATE, 0, sid, (2**31 - 1).to_bytes(4, "big")))
+        client.receive_until(lambda: bool(client.resets(sid)))
+        assert [f.error_code for f in client.resets(sid)] == [ErrorCodes.FLOW_CONTROL_ERROR]
+        after = client.request("/")
+        client.receive_until(lambda: client.responses[after].done)
+        assert client.responses[after].status == 200 and not client.goaways
 
 
 def memory_pair(**client_settings: int) -> tuple[H2Connection, _Connection]:
@@ -463,14 +484,17 @@ def test_head_and_404_over_h2(server, ca_file):
         assert bytes(client.responses[missing].body) == (TEMPLATES / "404.html").read_bytes()
 
 
-def test_response_before_the_request_ends_is_followed_by_rst_stream_no_error(server, ca_file):
+@pytest.mark.parametrize("together", [True, False], ids=["one-write", "body-later"])
+def test_response_before_the_request_ends_is_followed_by_rst_stream_no_error(server, ca_file, together):
     # RFC 9113 8.1: a server may answer before the request is complete, then ask the client to
-    # stop sending with RST_STREAM(NO_ERROR); the connection stays usable.
+    # stop sending with RST_STREAM(NO_ERROR), once a body it does not need arrives: read with the
+    # request (the answer still going out), or after the answer is complete. The connection stays
+    # usable.
     with H2Client.tls(server.port, ca_file) as client:
-        sid = client.request("/", method="POST", end_stream=False)
+        sid = client.request("/", method="POST", end_stream=False, flush=not together)
         client.conn.send_data(sid, b"x" * 1000)
         client.flush()
-        client.receive_until(lambda: client.responses[sid].done)
+        client.receive_until(lambda: client.responses[sid].done and bool(client.resets(sid)))
         response = client.responses[sid]
         assert response.status == 405
         assert response.header(b"allow") == b"GET, HEAD"
