@@ -31,6 +31,7 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
+    Event,
     PingAckReceived,
     RemoteSettingsChanged,
     RequestReceived,
@@ -44,6 +45,7 @@ from h2.exceptions import (
     FrameDataMissingError,
     NoAvailableStreamIDError,
     ProtocolError,
+    StreamClosedError,
 )
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes, Settings
@@ -316,6 +318,15 @@ class _Connection(H2Connection):
             return b""
         self._blocks = []
         return blocks[0] if len(blocks) == 1 else b"".join(blocks)  # type: ignore[return-value]
+
+    def _handle_data_on_closed_stream(self, events: list[Event], exc: StreamClosedError,
+                                      frame: DataFrame) -> tuple[list[Frame], list[Event]]:
+        """DATA on a stream that both ends closed with END_STREAM is a connection error of type
+        STREAM_CLOSED (RFC 9113 section 5.1, "closed"); h2 answers it with a stream error, which
+        the RFC asks for only on a stream closed by a reset (that case is left to h2)."""
+        if self._stream_is_closed_by_end(exc.stream_id):
+            raise StreamClosedError(exc.stream_id)
+        return super()._handle_data_on_closed_stream(events, exc, frame)
 
     def clear_outbound_data_buffer(self) -> None:
         # h2 calls this only on receiving a GOAWAY, dropping what it queued for the frames read just

@@ -334,6 +334,25 @@ def test_a_request_without_end_stream_is_answered_and_its_stream_stays_checked(s
         assert client.responses[after].status == 200 and not client.goaways
 
 
+def test_data_on_a_stream_both_ends_closed_is_a_connection_error(server, ca_file):
+    """RFC 9113 section 5.1, closed: DATA after both END_STREAMs is a connection error of type
+    STREAM_CLOSED (h2 alone would answer with a stream error); after the client's own reset it is a
+    stream error, and the connection goes on."""
+    with H2Client.tls(server.port, ca_file) as client:
+        # Files without push map entries: h2's client mishandles promises on a stream it reset.
+        reset = client.request("/static/css/site.css", end_stream=False)
+        client.reset(reset)
+        client.send_raw(frame_bytes(DATA, END_STREAM_FLAG, reset, b"late"))
+        client.receive_until(lambda: bool(client.resets(reset)))
+        assert [f.error_code for f in client.resets(reset)] == [ErrorCodes.STREAM_CLOSED]
+        sid = client.request("/static/js/site.js")
+        client.receive_until(lambda: client.responses[sid].done)
+        assert not client.goaways
+        client.send_raw(frame_bytes(DATA, END_STREAM_FLAG, sid, b"test"))
+        goaway = connection_error(client)
+    assert goaway.error_code == ErrorCodes.STREAM_CLOSED
+
+
 def memory_pair(**client_settings: int) -> tuple[H2Connection, _Connection]:
     """A client H2Connection and the server's _Connection wired in memory, past the preface, with
     stream 1 a GET of /."""
