@@ -202,11 +202,9 @@ class Acceptor:
 
     def _sniffed(self, conn: socket.socket) -> None:
         """Readable: look again (a spurious wake-up just waits on, until the same deadline)."""
-        entry = self.sniffing.pop(conn, None)
-        if entry is not None:
-            entry[0].cancel()
-            self._loop.remove_reader(conn.fileno())
-            self._sniff(conn, entry[1])
+        deadline = self._unwatch(conn)
+        if deadline is not None:
+            self._sniff(conn, deadline)
 
     def _answer_plain_http(self, conn: socket.socket) -> None:
         """A 400 in plain text. What the client already sent (a request head, 64 KiB at most) is
@@ -227,13 +225,18 @@ class Acceptor:
 
     def _drop(self, conn: socket.socket) -> None:
         """A client that sent nothing within the handshake timeout (or the server is closing)."""
+        if self._unwatch(conn) is not None:
+            conn.close()
+            self._handshake_over()
+
+    def _unwatch(self, conn: socket.socket) -> float | None:
+        """Stop waiting for `conn`'s first byte: its deadline, or None if it was not awaited."""
         entry = self.sniffing.pop(conn, None)
         if entry is None:
-            return
+            return None
         entry[0].cancel()
         self._loop.remove_reader(conn.fileno())
-        conn.close()
-        self._handshake_over()
+        return entry[1]
 
     def _accept_failed(self, error: OSError) -> None:
         if error.errno in RESOURCE_ERRORS:
