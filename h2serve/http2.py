@@ -101,7 +101,8 @@ STREAM_SLACK = 16                 # streams h2 itself accepts beyond the adverti
 MAX_PUSHES_PER_PAGE = 100        # a bound of our own, whatever the client allows
 MAX_CONTINUATIONS = 32           # CONTINUATION frames in one header block (h2 allows 64)
 STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
-END_STREAM, END_HEADERS = 0x1, 0x4  # frame flags (RFC 9113 section 6.2)
+DATA, HEADERS, CONTINUATION = b"\x00", b"\x01", b"\x09"  # frame types (RFC 9113 section 6)
+END_STREAM, END_HEADERS = 0x1, 0x4  # frame flags
 
 
 class _StateMachine(H2ConnectionStateMachine):
@@ -264,8 +265,7 @@ class _Connection(H2Connection):
             piece = block[start:start + step]
             flags = (END_HEADERS if start + step >= size else 0) | (
                 END_STREAM if end_stream and start == 0 else 0)
-            kind = b"\x01" if start == 0 else b"\x09"  # HEADERS, then CONTINUATION
-            out += len(piece).to_bytes(3, "big") + kind + flags.to_bytes(1, "big") + sid
+            out += _frame_header(len(piece), HEADERS if start == 0 else CONTINUATION, flags, sid)
             out += piece
 
     def send_data_run(self, stream_id: int, data: bytes | memoryview, end_stream: bool) -> None:
@@ -290,14 +290,14 @@ class _Connection(H2Connection):
         self.outbound_flow_control_window -= size
         step, sid = self.max_outbound_frame_size, stream_id.to_bytes(4, "big")
         if size <= step:  # one frame (a small file): into h2's buffer, like its own frames
-            self._data_to_send += size.to_bytes(3, "big") + (b"\x00\x01" if end_stream else b"\x00\x00") + sid
+            self._data_to_send += _frame_header(size, DATA, END_STREAM if end_stream else 0, sid)
             self._data_to_send += data
             return
         frames: list[bytes | memoryview] = []
         for start in range(0, size, step):
             piece = data[start:start + step]
             last = end_stream and start + step >= size
-            frames += (len(piece).to_bytes(3, "big") + (b"\x00\x01" if last else b"\x00\x00") + sid, piece)
+            frames += (_frame_header(len(piece), DATA, END_STREAM if last else 0, sid), piece)
         if self._data_to_send:  # frames h2 queued before this run go out before it
             self._blocks.append(self._data_to_send)
             self._data_to_send = bytearray()
@@ -332,6 +332,11 @@ class _Connection(H2Connection):
         # h2 calls this only on receiving a GOAWAY, dropping what it queued for the frames read just
         # before it (a SETTINGS or PING ACK): those must still go out.
         pass
+
+
+def _frame_header(length: int, kind: bytes, flags: int, stream_id: bytes) -> bytes:
+    """The 9 bytes before a frame's payload (RFC 9113 section 4.1); `stream_id` already as 4 bytes."""
+    return length.to_bytes(3, "big") + kind + flags.to_bytes(1, "big") + stream_id
 
 
 class _Stream:
