@@ -104,6 +104,20 @@ class ServerProcess:
                 self.proc.wait(timeout)
 
 
+def cpu_ticks(pids: list[int]) -> int:
+    """utime + stime of these processes (all their threads) so far, in clock ticks
+    (/proc/PID/stat); a process that has gone counts nothing."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
 def _start(name: str, cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None,
            cwd: Path = REPO, timeout: float = 30.0) -> ServerProcess:
     log.parent.mkdir(parents=True, exist_ok=True)

@@ -163,19 +163,6 @@ def _busy_ticks() -> tuple[int, int]:
     return fields[0] + fields[1] + fields[2], (fields[7] if len(fields) > 7 else 0)
 
 
-def _own_ticks(pids: list[int]) -> int:
-    """utime + stime of these processes (all their threads) so far, in clock ticks."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
 class ForeignCpu:
     """CPU time that processes other than ours (client, relays, servers) took during a round: the
     measure of how much the rest of the machine disturbed it. The hypervisor's steal is kept apart
@@ -191,7 +178,7 @@ class ForeignCpu:
     def _own(self) -> tuple[int, float]:
         """Our processes' ticks, and the CPU seconds of children that ended (h2load runs)."""
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return _own_ticks(self.pids()), children.ru_utime + children.ru_stime
+        return peers.cpu_ticks(self.pids()), children.ru_utime + children.ru_stime
 
     def begin(self) -> None:
         own, ended = self._own()

@@ -176,16 +176,8 @@ def measure(server: peers.ServerProcess, args: list[str]) -> dict[str, Any]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU time of `pids` so far (/proc/PID/stat), in seconds."""
-    ticks = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """User and system CPU time of `pids` so far, in seconds."""
+    return peers.cpu_ticks(pids) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu_seconds() -> float:
