@@ -32,10 +32,10 @@ from h2.settings import SettingCodes, Settings
 
 from h2serve.accesslog import AccessLog
 from h2serve.config import Config
-from h2serve.files import Site
 from h2serve.http2 import H2_CONFIG, H2Protocol
 from h2serve.protocol import Shared
-from h2serve.push import Pusher
+from h2serve.push.plan import Pusher
+from h2serve.site.handler import Site
 
 MINIMAL = [
     (b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"127.0.0.1:8443"),

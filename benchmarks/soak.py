@@ -57,7 +57,7 @@ from h2.settings import SettingCodes  # noqa: E402
 from hpack import Encoder  # noqa: E402
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, RstStreamFrame  # noqa: E402
 
-from h2serve.certs import ensure_dev_certs  # noqa: E402
+from h2serve.net.certs import ensure_dev_certs  # noqa: E402
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SMALL = ["/static/css/site.css", "/static/js/site.js", "/static/img/logo.svg", "/about"]

@@ -21,8 +21,9 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError
-from .files import Site
-from .manifest import default_manifest_path, scan_site
+from .push.manifest import default_manifest_path
+from .push.scan import scan_site
+from .site.handler import Site
 
 DESCRIPTION = """\
 A static-site web server for HTTP/2 (with server push and 103 Early Hints) and HTTP/1.1.
@@ -97,7 +98,7 @@ def cert_command(argv: Sequence[str]) -> int:
     parser.add_argument("--certs-dir", default="certs", metavar="DIR",
                         help="where to write ca.pem, cert.pem and key.pem (default: certs)")
     args = parser.parse_args(argv)
-    from .certs import ensure_dev_certs, trust_hint  # cryptography only when needed: see server.py
+    from .net.certs import ensure_dev_certs, trust_hint  # cryptography only when needed: see server.py
 
     try:
         certs, _ = ensure_dev_certs(args.certs_dir, force=True)

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 import h11
 
 from .accesslog import client_host
-from .push import Client
-from .response import Body, Response
+from .push.plan import Client
+from .site.body import Body, Response
 from .timeouts import SendTimeouts
 
 if TYPE_CHECKING:

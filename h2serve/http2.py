@@ -67,10 +67,10 @@ from hyperframe.frame import (
 )
 
 from .accesslog import client_host
-from .hpackcache import CachedEncoder
-from .limits import FrameBudgets, TokenBucket
-from .push import Client, PushPlan
-from .response import Body, Response
+from .proto.hpackcache import CachedEncoder
+from .proto.limits import FrameBudgets, TokenBucket
+from .push.plan import Client, PushPlan
+from .site.body import Body, Response
 from .timeouts import SendTimeouts
 
 if TYPE_CHECKING:

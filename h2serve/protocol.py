@@ -17,11 +17,11 @@ from typing import Protocol
 
 from .accesslog import AccessLog
 from .config import Config
-from .files import Site
 from .http1 import H1Protocol
 from .http2 import H2Protocol
-from .push import Pusher
-from .tls import negotiated_protocol
+from .net.tls import negotiated_protocol
+from .push.plan import Pusher
+from .site.handler import Site
 
 log = logging.getLogger("h2serve")
 

@@ -26,13 +26,13 @@ from pathlib import Path
 from . import __version__
 from .accesslog import AccessLog
 from .config import Config, ConfigError, parse_address
-from .files import Policy, Site
-from .listener import Acceptor, bind
-from .manifest import PushMap, describe_map, push_map_for, push_map_sources
+from .net.listener import Acceptor, bind
+from .net.tls import make_ssl_context
 from .protocol import Dispatcher, Shared
-from .push import Pusher
-from .tls import make_ssl_context
-from .watch import Watcher
+from .push.manifest import PushMap, describe_map, push_map_for, push_map_sources
+from .push.plan import Pusher
+from .site.handler import Policy, Site
+from .site.watch import Watcher
 
 log = logging.getLogger("h2serve")
 
@@ -143,7 +143,7 @@ class Server:
             return cfg.cert, cfg.key
         # Imported here: `cryptography` adds some 14 MiB to every process that loads it, and a
         # server given its certificate never needs it.
-        from .certs import ensure_dev_certs, trust_hint
+        from .net.certs import ensure_dev_certs, trust_hint
 
         try:
             certs, made = ensure_dev_certs(cfg.certs_dir)

@@ -72,7 +72,7 @@ from typing import NoReturn
 
 from .cli import setup_logging
 from .config import Config, ConfigError
-from .listener import spread
+from .net.listener import spread
 from .server import Server, Sockets, event_loop, run
 
 log = logging.getLogger("h2serve")

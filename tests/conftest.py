@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from h2serve import Config, Server
-from h2serve.certs import DevCerts, ensure_dev_certs
+from h2serve.net.certs import DevCerts, ensure_dev_certs
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "templates"

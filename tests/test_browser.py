@@ -27,8 +27,8 @@ import pytest
 from browser import Browser, BrowserError, Page, spki_hash
 from conftest import REPO, RunningServer
 
-from h2serve.certs import DevCerts
 from h2serve.http2 import H2Protocol
+from h2serve.net.certs import DevCerts
 
 # What the demo index page loads: its push map lists exactly the stylesheet, script, font and images
 # that templates/index.html references.

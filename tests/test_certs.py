@@ -14,7 +14,7 @@ from conftest import RunningServer, open_tls
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from h2serve.certs import LEAF_NAMES, DevCerts, ensure_dev_certs, trust_hint
+from h2serve.net.certs import LEAF_NAMES, DevCerts, ensure_dev_certs, trust_hint
 
 
 @pytest.fixture

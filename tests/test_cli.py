@@ -16,7 +16,7 @@ import httpx
 import pytest
 from conftest import REPO, STATIC, TEMPLATES, ServerProcess, start_process
 
-from h2serve.certs import DevCerts, ensure_dev_certs
+from h2serve.net.certs import DevCerts, ensure_dev_certs
 
 SITE_ARGS = ["--templates", str(TEMPLATES), "--static", str(STATIC)]
 ABOUT = (TEMPLATES / "about.html").read_bytes()

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from conftest import STATIC, TEMPLATES, RunningServer
 
-from h2serve.certs import DevCerts
 from h2serve.cli import parse_config
 from h2serve.config import Config, ConfigError, parse_address
+from h2serve.net.certs import DevCerts
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from conftest import STATIC, TEMPLATES, RunningServer
 
-from h2serve.filecache import REVALIDATE, SMALL_FILE
-from h2serve.files import Site
-from h2serve.response import BytesBody, Response
+from h2serve.site.body import BytesBody, Response
+from h2serve.site.filecache import REVALIDATE, SMALL_FILE
+from h2serve.site.handler import Site
 
 PROTOCOLS = ["h2", "http/1.1"]
 HTTPX_VERSION = {"h2": "HTTP/2", "http/1.1": "HTTP/1.1"}

@@ -8,7 +8,7 @@ from h2client import H2Client
 from hpack import Decoder
 from hyperframe.frame import HeadersFrame, PushPromiseFrame
 
-from h2serve.hpackcache import CachedEncoder, encode_field
+from h2serve.proto.hpackcache import CachedEncoder, encode_field
 
 RESPONSE = [
     (b":status", b"200"),                 # fully in the static table

@@ -32,7 +32,7 @@ from hyperframe.frame import (
 )
 
 from h2serve.http2 import H2_CONFIG, _Connection
-from h2serve.limits import FrameBudgets
+from h2serve.proto.limits import FrameBudgets
 
 CURL_TIMEOUT = 30
 DATA, WINDOW_UPDATE, END_STREAM_FLAG = 0x0, 0x8, 0x1  # frame types and flag (RFC 9113 section 6)

@@ -11,8 +11,9 @@ import pytest
 from conftest import REPO, STATIC, TEMPLATES
 
 from h2serve.config import ConfigError
-from h2serve.files import Site
-from h2serve.manifest import build_map, load_manifest, scan_site
+from h2serve.push.manifest import build_map, load_manifest
+from h2serve.push.scan import scan_site
+from h2serve.site.handler import Site
 
 
 @pytest.fixture

@@ -33,9 +33,9 @@ from hyperframe.frame import (
     PushPromiseFrame,
 )
 
-from h2serve.files import Site
-from h2serve.manifest import build_map
-from h2serve.push import COPIED_HEADERS, Client, Pusher
+from h2serve.push.manifest import build_map
+from h2serve.push.plan import COPIED_HEADERS, Client, Pusher
+from h2serve.site.handler import Site
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from h2serve.response import MAX_CHUNK, READ_CHUNK, FileBody
+from h2serve.site.body import MAX_CHUNK, READ_CHUNK, FileBody
 
 SIZE = 3 * 1024 * 1024 + 123
 

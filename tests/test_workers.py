@@ -33,7 +33,7 @@ from conftest import (
     wait_for,
 )
 
-from h2serve.certs import DevCerts
+from h2serve.net.certs import DevCerts
 from h2serve.workers import describe_exit, line_chunks, worker_pids
 
 ABOUT = (TEMPLATES / "about.html").read_bytes()

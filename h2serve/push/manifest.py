@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
 
-from .config import Config, ConfigError
-from .files import BadTarget, FileEntry, Site, split_target
+from ..config import Config, ConfigError
+from ..site.filecache import FileEntry
+from ..site.handler import Site
+from ..site.paths import BadTarget, split_target
 
 # Manifest `type` -> preload `as=` value.
 TYPES = {"script": "script", "style": "style", "font": "font", "image": "image",
@@ -115,7 +114,7 @@ def _entries(data: dict[str, object], site: Site, name: str, where: str) -> tupl
         if not isinstance(spec, dict):
             raise ConfigError(f"{at}: expected {{\"type\": ..., \"weight\": ...}}")
         path = key if key.startswith("/") else "/" + key
-        if _lookup(site, path) is None:
+        if lookup(site, path) is None:
             raise ConfigError(f"{at}: no such file in the site")
         kind = spec.get("type") or EXTENSION_TYPES.get(os.path.splitext(path)[1].lower(), "")
         if kind not in TYPES:
@@ -131,113 +130,15 @@ def _page_file(site: Site, key: str, name: str) -> str | None:
     url = key if key.startswith("/") else "/" + key
     if url == "/index.html":
         url = "/"
-    entry = _lookup(site, url)
+    entry = lookup(site, url)
     return entry.path if entry is not None else None
 
 
-def _lookup(site: Site, url: str) -> FileEntry | None:
+def lookup(site: Site, url: str) -> FileEntry | None:
     try:
         return site.lookup(split_target(url.encode()))
     except (BadTarget, UnicodeEncodeError):
         return None
-
-
-# -- deriving a manifest from the HTML ---------------------------------------------------------
-
-
-class _AssetParser(HTMLParser):
-    """Collects (url, type) of what a page needs, in document order."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.found: list[tuple[str, str]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        rels = set(a.get("rel", "").lower().split())
-        if tag == "link" and a.get("href"):
-            if "stylesheet" in rels:
-                self.found.append((a["href"], "style"))
-            elif "modulepreload" in rels:
-                self.found.append((a["href"], "script"))
-            elif "preload" in rels and a.get("as", "").lower() in TYPES:
-                self.found.append((a["href"], a["as"].lower()))
-        elif tag == "script" and a.get("src"):
-            self.found.append((a["src"], "script"))
-        elif tag == "img" and a.get("src"):
-            self.found.append((a["src"], "image"))
-
-
-FONT_FACE = re.compile(r"@font-face\s*{([^}]*)}", re.IGNORECASE)
-CSS_URL = re.compile(r"url\(\s*['\"]?([^'\")]+)['\"]?\s*\)")
-
-
-def scan_site(site: Site) -> dict[str, dict[str, dict[str, object]]]:
-    """A manifest keyed by page URL, from every HTML page of the site (404.html aside)."""
-    manifest: dict[str, dict[str, dict[str, object]]] = {}
-    for url in _page_urls(site):
-        entries = scan_page(site, url)
-        if entries:
-            manifest[url] = {e.path: {"type": e.type, "weight": e.weight} for e in entries}
-    return manifest
-
-
-def _page_urls(site: Site) -> list[str]:
-    mount = next(m for m in site.mounts if not m.prefix)
-    urls = []
-    for file in sorted(mount.root.rglob("*.html")):
-        rel = file.relative_to(mount.root).as_posix()
-        if rel == "404.html" or any(part.startswith(".") for part in file.parts):
-            continue
-        urls.append("/" if rel == "index.html" else "/" + rel)
-    return sorted(urls, key=lambda u: (u != "/", u))  # the index page first
-
-
-def scan_page(site: Site, url: str) -> list[PushEntry]:
-    """What one page needs: its stylesheets, scripts, preloads and images, plus the fonts of its
-    local stylesheets, in document order, each once."""
-    page = _lookup(site, url)
-    if page is None:
-        return []
-    parser = _AssetParser()
-    parser.feed(Path(page.path).read_text(encoding="utf-8", errors="replace"))
-    out: dict[str, PushEntry] = {}
-    for ref, kind in parser.found:
-        path = _local_path(url, ref)
-        if path is None or path in out or _lookup(site, path) is None:
-            continue
-        out[path] = PushEntry(path, kind, DEFAULT_WEIGHTS[kind])
-        if kind == "style":
-            for font in _css_fonts(site, path):
-                out.setdefault(font, PushEntry(font, "font", DEFAULT_WEIGHTS["font"]))
-    return list(out.values())
-
-
-def _css_fonts(site: Site, css_path: str) -> list[str]:
-    entry = _lookup(site, css_path)
-    if entry is None:
-        return []
-    text = Path(entry.path).read_text(encoding="utf-8", errors="replace")
-    fonts = []
-    for block in FONT_FACE.findall(text):
-        for ref in CSS_URL.findall(block):
-            path = _local_path(css_path, ref)
-            if path is not None and _lookup(site, path) is not None:
-                fonts.append(path)
-    return fonts
-
-
-def _local_path(base: str, ref: str) -> str | None:
-    """The same-origin path a reference names, or None (other origins, data: URLs)."""
-    parts = urlsplit(urljoin(base, ref.strip()))
-    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
-        return None
-    return parts.path
-
-
-def derive_map(site: Site) -> PushMap:
-    """The push map `--auto-push` uses: what `scan_site` would write, without the file."""
-    return build_map(scan_site(site), site, "(derived from the site's HTML)")
 
 
 def default_manifest_path(config: Config) -> Path:
@@ -253,6 +154,8 @@ def push_map_for(config: Config, site: Site) -> PushMap:
     An explicit --push-manifest must exist; the default one is optional.
     """
     if config.auto_push:
+        from .scan import derive_map  # scan imports this module
+
         return derive_map(site)
     if config.push_manifest is not None:
         return load_manifest(config.push_manifest, site, all_pages=config.push_all_pages)

@@ -18,7 +18,9 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .files import FileEntry, Site, split_target
+from ..site.filecache import FileEntry
+from ..site.handler import Site
+from ..site.paths import split_target
 from .manifest import EMPTY, PushEntry, PushMap
 
 # Request headers that shape a response, copied from the page's request into each promised one.

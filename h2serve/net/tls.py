@@ -11,7 +11,7 @@ import os
 import ssl
 from collections.abc import Sequence
 
-from .config import ConfigError
+from ..config import ConfigError
 
 # TLS 1.2 suites allowed by RFC 9113 section 9.2.2: ECDHE key exchange and AEAD ciphers only.
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"

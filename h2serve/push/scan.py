@@ -1,0 +1,107 @@
+"""Deriving a push map from the site's own HTML: what each page links to, and the fonts of its
+local stylesheets (`h2serve manifest`, `--auto-push`)."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+from ..site.handler import Site
+from .manifest import DEFAULT_WEIGHTS, TYPES, PushEntry, PushMap, build_map, lookup
+
+
+class _AssetParser(HTMLParser):
+    """Collects (url, type) of what a page needs, in document order."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        rels = set(a.get("rel", "").lower().split())
+        if tag == "link" and a.get("href"):
+            if "stylesheet" in rels:
+                self.found.append((a["href"], "style"))
+            elif "modulepreload" in rels:
+                self.found.append((a["href"], "script"))
+            elif "preload" in rels and a.get("as", "").lower() in TYPES:
+                self.found.append((a["href"], a["as"].lower()))
+        elif tag == "script" and a.get("src"):
+            self.found.append((a["src"], "script"))
+        elif tag == "img" and a.get("src"):
+            self.found.append((a["src"], "image"))
+
+
+FONT_FACE = re.compile(r"@font-face\s*{([^}]*)}", re.IGNORECASE)
+CSS_URL = re.compile(r"url\(\s*['\"]?([^'\")]+)['\"]?\s*\)")
+
+
+def scan_site(site: Site) -> dict[str, dict[str, dict[str, object]]]:
+    """A manifest keyed by page URL, from every HTML page of the site (404.html aside)."""
+    manifest: dict[str, dict[str, dict[str, object]]] = {}
+    for url in _page_urls(site):
+        entries = scan_page(site, url)
+        if entries:
+            manifest[url] = {e.path: {"type": e.type, "weight": e.weight} for e in entries}
+    return manifest
+
+
+def _page_urls(site: Site) -> list[str]:
+    mount = next(m for m in site.mounts if not m.prefix)
+    urls = []
+    for file in sorted(mount.root.rglob("*.html")):
+        rel = file.relative_to(mount.root).as_posix()
+        if rel == "404.html" or any(part.startswith(".") for part in file.parts):
+            continue
+        urls.append("/" if rel == "index.html" else "/" + rel)
+    return sorted(urls, key=lambda u: (u != "/", u))  # the index page first
+
+
+def scan_page(site: Site, url: str) -> list[PushEntry]:
+    """What one page needs: its stylesheets, scripts, preloads and images, plus the fonts of its
+    local stylesheets, in document order, each once."""
+    page = lookup(site, url)
+    if page is None:
+        return []
+    parser = _AssetParser()
+    parser.feed(Path(page.path).read_text(encoding="utf-8", errors="replace"))
+    out: dict[str, PushEntry] = {}
+    for ref, kind in parser.found:
+        path = _local_path(url, ref)
+        if path is None or path in out or lookup(site, path) is None:
+            continue
+        out[path] = PushEntry(path, kind, DEFAULT_WEIGHTS[kind])
+        if kind == "style":
+            for font in _css_fonts(site, path):
+                out.setdefault(font, PushEntry(font, "font", DEFAULT_WEIGHTS["font"]))
+    return list(out.values())
+
+
+def _css_fonts(site: Site, css_path: str) -> list[str]:
+    entry = lookup(site, css_path)
+    if entry is None:
+        return []
+    text = Path(entry.path).read_text(encoding="utf-8", errors="replace")
+    fonts = []
+    for block in FONT_FACE.findall(text):
+        for ref in CSS_URL.findall(block):
+            path = _local_path(css_path, ref)
+            if path is not None and lookup(site, path) is not None:
+                fonts.append(path)
+    return fonts
+
+
+def _local_path(base: str, ref: str) -> str | None:
+    """The same-origin path a reference names, or None (other origins, data: URLs)."""
+    parts = urlsplit(urljoin(base, ref.strip()))
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return None
+    return parts.path
+
+
+def derive_map(site: Site) -> PushMap:
+    """The push map `--auto-push` uses: what `scan_site` would write, without the file."""
+    return build_map(scan_site(site), site, "(derived from the site's HTML)")
