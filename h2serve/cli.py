@@ -65,11 +65,11 @@ def _add_option(parser: argparse.ArgumentParser, f: dataclasses.Field[Any], hint
         kwargs["action"] = argparse.BooleanOptionalAction
         del kwargs["metavar"]
         help_text += f" (default: {'on' if default else 'off'})"
-    elif typing.get_origin(hint) is list and meta["list_sep"]:
+    elif typing.get_origin(hint) is tuple and meta["list_sep"]:
         sep = meta["list_sep"]
         kwargs["type"] = lambda text, sep=sep: [x.strip() for x in text.split(sep) if x.strip()]
         help_text += f" (default: {sep.join(default)})"
-    elif typing.get_origin(hint) is list:
+    elif typing.get_origin(hint) is tuple:
         kwargs["action"] = "append"
         if default:
             help_text += f" (default: {', '.join(default)})"

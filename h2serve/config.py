@@ -3,6 +3,10 @@
 `Config` is the single source of truth: the command line (`cli.py`) is generated from its fields, a
 TOML file (`--config`) is read into it, and embedding code builds one directly. Each field carries its
 help text in `metadata`, so adding an option is one edit here and nothing else.
+
+A `Config` is immutable: it is checked once, when it is made, and every part of the server may keep
+it without a copy. List options are tuples (lists given by embedding code, TOML or the command line
+are turned into tuples); a variant is `dataclasses.replace(config, name=value)`, checked anew.
 """
 
 from __future__ import annotations
@@ -30,8 +34,6 @@ def option(default: Any, help: str, *, metavar: str | None = None, list_sep: str
     to "" (off), as in `--push-cookie NAME` / `--no-push-cookie`.
     """
     meta = {"help": help, "metavar": metavar, "list_sep": list_sep, "off_flag": off_flag}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -42,22 +44,22 @@ EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 MAX_WORKERS = 1024  # a typo must not fork thousands of processes
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     """Settings of one server; see `--help` for what each does."""
 
-    bind: list[str] = option(
-        ["localhost:8443"], "address to serve TLS on (repeatable)", metavar="HOST:PORT")
-    h2c_bind: list[str] = option(
-        [], "address to serve cleartext HTTP/2 (prior knowledge) and HTTP/1.1 on, for use "
+    bind: tuple[str, ...] = option(
+        ("localhost:8443",), "address to serve TLS on (repeatable)", metavar="HOST:PORT")
+    h2c_bind: tuple[str, ...] = option(
+        (), "address to serve cleartext HTTP/2 (prior knowledge) and HTTP/1.1 on, for use "
         "behind a proxy (repeatable)", metavar="HOST:PORT")
     cert: str | None = option(
         None, "TLS certificate chain (PEM); without --cert/--key a development certificate "
         "is made under --certs-dir", metavar="PEM")
     key: str | None = option(None, "private key of --cert (PEM)", metavar="PEM")
     certs_dir: str = option("certs", "where development certificates are kept", metavar="DIR")
-    alpn: list[str] = option(
-        list(ALPN_PROTOCOLS), "protocols offered by ALPN, in order of preference",
+    alpn: tuple[str, ...] = option(
+        ALPN_PROTOCOLS, "protocols offered by ALPN, in order of preference",
         metavar="LIST", list_sep=",")
     root: str | None = option(
         None, "serve this one folder as the whole site (/ is DIR/index.html); "
@@ -129,6 +131,9 @@ class Config:
         "auto", "event loop: auto (uvloop when installed), asyncio, or uvloop", metavar="LOOP")
 
     def __post_init__(self) -> None:
+        """Normalise (lists to tuples, "4" workers to 4), then check; after this nothing changes."""
+        for name, value in _normalised(self):
+            object.__setattr__(self, name, value)
         self.validate()
 
     def validate(self) -> None:
@@ -144,7 +149,7 @@ class Config:
             raise ConfigError(f"--early-hints: {self.early_hints!r} is not one of {', '.join(EARLY_HINTS)}")
         if self.loop not in EVENT_LOOPS:
             raise ConfigError(f"--loop: {self.loop!r} is not one of {', '.join(EVENT_LOOPS)}")
-        self.workers = parse_workers(self.workers)
+        parse_workers(self.workers)
         if (self.cert is None) != (self.key is None):
             raise ConfigError("--cert and --key go together: give both, or neither for a dev certificate")
         for flag, path in (("--cert", self.cert), ("--key", self.key)):
@@ -201,13 +206,27 @@ class Config:
             raise ConfigError(f"--config {path}: {e}") from None
 
 
+def _normalised(config: Config) -> list[tuple[str, Any]]:
+    """The fields of a new `config` that need another form: a list (or other sequence) given for a
+    tuple option becomes a tuple; `workers` is checked and "4" becomes 4."""
+    changes: list[tuple[str, Any]] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(f.default, tuple) and not isinstance(value, tuple):
+            if isinstance(value, str | bytes):  # tuple("h2") would be ("h", "2")
+                raise ConfigError(f"--{f.name.replace('_', '-')}: expected a list, not {value!r}")
+            changes.append((f.name, tuple(value)))
+    changes.append(("workers", parse_workers(config.workers)))
+    return changes
+
+
 def _type_problem(hint: Any, value: Any) -> str | None:
     """What a TOML value should have been for a field of type `hint`, or None if it fits."""
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
         problems = [_type_problem(member, value) for member in typing.get_args(hint)
                     if member is not type(None)]
         return None if None in problems else " or ".join(problems)
-    if typing.get_origin(hint) is list:
+    if typing.get_origin(hint) is tuple:  # a TOML array
         ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
         return None if ok else "a list of strings"
     if hint is bool:

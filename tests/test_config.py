@@ -6,6 +6,7 @@ that options read from TOML take effect on the wire.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,9 @@ def base(certs: DevCerts) -> dict[str, Any]:
 def test_defaults() -> None:
     """The documented defaults: both protocols by ALPN, h2 first, dev certs under certs/."""
     config = Config()
-    assert config.alpn == ["h2", "http/1.1"]
-    assert config.bind == ["localhost:8443"]
-    assert config.h2c_bind == []
+    assert config.alpn == ("h2", "http/1.1")
+    assert config.bind == ("localhost:8443",)
+    assert config.h2c_bind == ()
     assert (config.cert, config.key, config.certs_dir) == (None, None, "certs")
     assert config.max_concurrent_streams == 100
     assert config.initial_window_size == 65535
@@ -39,12 +40,29 @@ def test_defaults() -> None:
     assert config.access_log == "-"
 
 
-def test_list_defaults_not_shared() -> None:
-    """Each Config gets its own lists: changing one never leaks into another."""
-    a, b = Config(), Config()
-    a.alpn.append("h2")
-    a.bind.append("127.0.0.1:1")
-    assert b.alpn == ["h2", "http/1.1"] and b.bind == ["localhost:8443"]
+def test_config_is_immutable(base: dict[str, Any]) -> None:
+    """A Config cannot change once made (it was checked then): no field can be assigned, list options
+    are tuples (lists given are turned into tuples), and a variant is made with dataclasses.replace,
+    which checks it anew."""
+    config = Config(**base, h2c_bind=["127.0.0.1:0"], workers="2")
+    for name, value in [("workers", 3), ("bind", ["0.0.0.0:1"]), ("push", False), ("new", 1)]:
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(config, name, value)
+    assert (config.bind, config.h2c_bind, config.alpn) == (("127.0.0.1:0",), ("127.0.0.1:0",),
+                                                           ("h2", "http/1.1"))
+    assert config.workers == 2
+    assert not hasattr(config.alpn, "append")
+    assert hash(config) == hash(Config(**base, h2c_bind=("127.0.0.1:0",), workers=2))
+    variant = dataclasses.replace(config, bind=["127.0.0.1:1"], workers="auto")
+    assert (variant.bind, variant.workers, config.bind) == (("127.0.0.1:1",), "auto", ("127.0.0.1:0",))
+    with pytest.raises(ConfigError, match="--max-connections"):
+        dataclasses.replace(config, max_connections=0)
+
+
+def test_list_option_given_a_string() -> None:
+    """A string where a list belongs is an error, not a tuple of its characters."""
+    with pytest.raises(ConfigError, match=r"--bind: expected a list, not '127\.0\.0\.1:0'"):
+        Config(bind="127.0.0.1:0")
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -87,7 +105,7 @@ def test_valid_edges_accepted(base: dict[str, Any]) -> None:
     config = Config(**{**base, "max_concurrent_streams": 1, "initial_window_size": 2**31 - 1,
                        "max_header_list_size": 1024, "graceful_timeout": 0.0, "alpn": ["http/1.1"],
                        "bind": [], "h2c_bind": ["127.0.0.1:0"]})
-    assert config.alpn == ["http/1.1"]
+    assert config.alpn == ("http/1.1",)
 
 
 @pytest.mark.parametrize(("addr", "expected"), [
@@ -125,10 +143,10 @@ def test_toml_sets_options_with_dashes_or_underscores(tmp_path: Path, base: dict
     config = Config.from_toml(path, **base)
     assert config.server_name == "tomltest"
     assert config.access_log == "off"
-    assert config.alpn == ["h2"]
+    assert config.alpn == ("h2",)
     assert config.max_concurrent_streams == 7
     assert config.graceful_timeout == 3
-    assert config.h2c_bind == ["127.0.0.1:0"]
+    assert config.h2c_bind == ("127.0.0.1:0",)
 
 
 def test_command_line_overrides_toml(tmp_path: Path, certs: DevCerts) -> None:
@@ -138,11 +156,11 @@ def test_command_line_overrides_toml(tmp_path: Path, certs: DevCerts) -> None:
     config = parse_config(["--config", str(path), "--server-name", "cli", "--bind", "127.0.0.1:0"])
     assert config.server_name == "cli"
     assert config.access_log == "off"            # from TOML, not overridden
-    assert config.alpn == ["h2"]
-    assert config.bind == ["127.0.0.1:0"]
+    assert config.alpn == ("h2",)
+    assert config.bind == ("127.0.0.1:0",)
     assert config.log_level == "info"            # default, in neither
     config = parse_config(["--config", str(path), "--alpn", "http/1.1,h2", "--access-log", "-"])
-    assert config.alpn == ["http/1.1", "h2"]
+    assert config.alpn == ("http/1.1", "h2")
     assert config.access_log == "-"
     assert config.server_name == "tomltest"
 
