@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError
+from .config import GROUPS, Config, ConfigError
 from .push.manifest import default_manifest_path
 from .push.scan import scan_site
 from .site.handler import Site
@@ -43,19 +43,22 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """One option per `Config` field: flag, type, help and default all come from the field."""
+    """One option per `Config` field: flag, type, help and default all come from the field, and
+    `--help` shows them in sections (config.GROUPS), in that order."""
     parser = argparse.ArgumentParser(
         prog="h2serve", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"h2serve {__version__}")
     parser.add_argument("--config", metavar="TOML", help="read options from this TOML file first")
+    sections = {name: parser.add_argument_group(name, about) for name, about in GROUPS.items()}
     hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
-        _add_option(parser, f, hints[f.name])
+        _add_option(sections[f.metadata["group"]], f, hints[f.name])
     return parser
 
 
-def _add_option(parser: argparse.ArgumentParser, f: dataclasses.Field[Any], hint: Any) -> None:
+def _add_option(parser: argparse._ActionsContainer, f: dataclasses.Field[Any], hint: Any) -> None:
+    """`f`'s option on `parser` or on one of its argument groups."""
     meta = f.metadata
     flag = "--" + f.name.replace("_", "-")
     default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default

@@ -2,7 +2,8 @@
 
 `Config` is the single source of truth: the command line (`cli.py`) is generated from its fields, a
 TOML file (`--config`) is read into it, and embedding code builds one directly. Each field carries its
-help text in `metadata`, so adding an option is one edit here and nothing else.
+help text and its `--help` section in `metadata`, so adding an option is one edit here and nothing
+else.
 
 A `Config` is immutable: it is checked once, when it is made, and every part of the server may keep
 it without a copy. List options are tuples (lists given by embedding code, TOML or the command line
@@ -25,15 +26,31 @@ class ConfigError(Exception):
     """A setting that cannot work; the message says which and what to fix."""
 
 
-def option(default: Any, help: str, *, metavar: str | None = None, list_sep: str | None = None,
-           off_flag: bool = False) -> Any:
-    """A dataclass field with the help text the CLI shows for it.
+# The sections of `--help`, in order; every option belongs to one.
+GROUPS = {
+    "TLS": "the HTTPS listeners and their certificate",
+    "site": "what is served, and how files are looked up",
+    "caching": "Cache-Control headers",
+    "push": "HTTP/2 server push, preload links and 103 Early Hints",
+    "HTTP/2": "HTTP/2 settings, and cleartext HTTP/2 (h2c) behind a proxy",
+    "limits": "timeouts and caps that protect the server from slow or greedy clients",
+    "processes": "worker processes, the event loop, and shutdown",
+    "logging": "the server log and the access log",
+}
+
+
+def option(default: Any, help: str, *, group: str, metavar: str | None = None,
+           list_sep: str | None = None, off_flag: bool = False) -> Any:
+    """A dataclass field with the help text the CLI shows for it, in `--help` section `group`.
 
     `list_sep` marks list options given once with separators (`--alpn h2,http/1.1`); other list
     options repeat (`--bind A --bind B`). `off_flag` gives a text option a `--no-NAME` that sets it
     to "" (off), as in `--push-cookie NAME` / `--no-push-cookie`.
     """
-    meta = {"help": help, "metavar": metavar, "list_sep": list_sep, "off_flag": off_flag}
+    if group not in GROUPS:
+        raise ValueError(f"option group {group!r} is not one of {', '.join(GROUPS)}")
+    meta = {"help": help, "group": group, "metavar": metavar, "list_sep": list_sep,
+            "off_flag": off_flag}
     return field(default=default, metadata=meta)
 
 
@@ -49,86 +66,97 @@ class Config:
     """Settings of one server; see `--help` for what each does."""
 
     bind: tuple[str, ...] = option(
-        ("localhost:8443",), "address to serve TLS on (repeatable)", metavar="HOST:PORT")
+        ("localhost:8443",), "address to serve TLS on (repeatable)", metavar="HOST:PORT", group="TLS")
     h2c_bind: tuple[str, ...] = option(
         (), "address to serve cleartext HTTP/2 (prior knowledge) and HTTP/1.1 on, for use "
-        "behind a proxy (repeatable)", metavar="HOST:PORT")
+        "behind a proxy (repeatable)", metavar="HOST:PORT", group="HTTP/2")
     cert: str | None = option(
         None, "TLS certificate chain (PEM); without --cert/--key a development certificate "
-        "is made under --certs-dir", metavar="PEM")
-    key: str | None = option(None, "private key of --cert (PEM)", metavar="PEM")
-    certs_dir: str = option("certs", "where development certificates are kept", metavar="DIR")
+        "is made under --certs-dir", metavar="PEM", group="TLS")
+    key: str | None = option(None, "private key of --cert (PEM)", metavar="PEM", group="TLS")
+    certs_dir: str = option(
+        "certs", "where development certificates are kept", metavar="DIR", group="TLS")
     alpn: tuple[str, ...] = option(
         ALPN_PROTOCOLS, "protocols offered by ALPN, in order of preference",
-        metavar="LIST", list_sep=",")
+        metavar="LIST", list_sep=",", group="TLS")
     root: str | None = option(
         None, "serve this one folder as the whole site (/ is DIR/index.html); "
-        "replaces --templates and --static", metavar="DIR")
-    templates: str = option("templates", "folder of pages: / and /NAME", metavar="DIR")
-    static: str = option("static", "folder of assets served under /static/", metavar="DIR")
-    log_level: str = option("info", "server log level: " + ", ".join(LOG_LEVELS), metavar="LEVEL")
+        "replaces --templates and --static", metavar="DIR", group="site")
+    templates: str = option("templates", "folder of pages: / and /NAME", metavar="DIR", group="site")
+    static: str = option("static", "folder of assets served under /static/", metavar="DIR", group="site")
+    log_level: str = option(
+        "info", "server log level: " + ", ".join(LOG_LEVELS), metavar="LEVEL", group="logging")
     access_log: str = option(
         "-", "access log in combined format: a file, '-' for standard output, 'off' for none",
-        metavar="PATH")
+        metavar="PATH", group="logging")
     graceful_timeout: float = option(
-        10.0, "seconds in-flight responses get to finish on SIGINT/SIGTERM", metavar="SECONDS")
+        10.0, "seconds in-flight responses get to finish on SIGINT/SIGTERM", metavar="SECONDS",
+        group="processes")
     handshake_timeout: float = option(
-        10.0, "seconds a client gets to complete the TLS handshake", metavar="SECONDS")
+        10.0, "seconds a client gets to complete the TLS handshake", metavar="SECONDS", group="limits")
     idle_timeout: float = option(
         60.0, "seconds a connection may stay idle between requests (HTTP/2: then GOAWAY)",
-        metavar="SECONDS")
+        metavar="SECONDS", group="limits")
     header_timeout: float = option(
         10.0, "seconds an HTTP/1.1 client gets to send a whole request head (against slowloris)",
-        metavar="SECONDS")
+        metavar="SECONDS", group="limits")
     send_timeout: float = option(
         30.0, "seconds a response may make no progress (a client not reading, a zero window) "
-        "before it is cut off", metavar="SECONDS")
+        "before it is cut off", metavar="SECONDS", group="limits")
     max_connections: int = option(
-        10000, "connections at once; beyond it new clients wait until one closes", metavar="N")
+        10000, "connections at once; beyond it new clients wait until one closes", metavar="N",
+        group="limits")
     max_concurrent_streams: int = option(
         100, "HTTP/2 streams a client may open at once (SETTINGS_MAX_CONCURRENT_STREAMS)",
-        metavar="N")
+        metavar="N", group="HTTP/2")
     initial_window_size: int = option(
-        65535, "HTTP/2 receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE)", metavar="BYTES")
+        65535, "HTTP/2 receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE)", metavar="BYTES",
+        group="HTTP/2")
     max_header_list_size: int = option(
         32768, "largest request header block accepted (SETTINGS_MAX_HEADER_LIST_SIZE, and "
-        "the HTTP/1.1 header limit)", metavar="BYTES")
-    server_name: str = option("h2serve", "value of the Server response header", metavar="TEXT")
-    list_dirs: bool = option(False, "list the files of a folder that has no index.html")
+        "the HTTP/1.1 header limit)", metavar="BYTES", group="limits")
+    server_name: str = option(
+        "h2serve", "value of the Server response header", metavar="TEXT", group="site")
+    list_dirs: bool = option(False, "list the files of a folder that has no index.html", group="site")
     serve_dotfiles: bool = option(
-        False, "serve files and folders whose names start with a dot (/.well-known/ always is)")
+        False, "serve files and folders whose names start with a dot (/.well-known/ always is)",
+        group="site")
     html_cache_control: str = option(
-        "no-cache", "Cache-Control of HTML pages", metavar="VALUE")
+        "no-cache", "Cache-Control of HTML pages", metavar="VALUE", group="caching")
     static_cache_control: str = option(
-        "public, max-age=3600", "Cache-Control of other files", metavar="VALUE")
+        "public, max-age=3600", "Cache-Control of other files", metavar="VALUE", group="caching")
     immutable_cache_control: str = option(
         "public, max-age=31536000, immutable",
-        "Cache-Control of files with a content hash in their name (app.3f9a1c2e.js)", metavar="VALUE")
-    push: bool = option(True, "push the push map's resources to HTTP/2 clients that allow push")
+        "Cache-Control of files with a content hash in their name (app.3f9a1c2e.js)", metavar="VALUE",
+        group="caching")
+    push: bool = option(
+        True, "push the push map's resources to HTTP/2 clients that allow push", group="push")
     push_manifest: str | None = option(
         None, "the push map (default: push_manifest.json in --root, else beside --templates, "
-        "if it exists)", metavar="JSON")
+        "if it exists)", metavar="JSON", group="push")
     push_all_pages: bool = option(
-        False, "push a flat push map with every HTML page, not only the index page")
+        False, "push a flat push map with every HTML page, not only the index page", group="push")
     auto_push: bool = option(
         False, "derive the push map from the pages' HTML (stylesheets, scripts, preloads, fonts, "
-        "images) instead of reading a manifest")
+        "images) instead of reading a manifest", group="push")
     push_cookie: str = option(
         "h2push", "cookie remembering what a client was pushed, so it is not pushed again",
-        metavar="NAME", off_flag=True)
+        metavar="NAME", off_flag=True, group="push")
     preload_links: bool = option(
-        True, "send Link: rel=preload headers for the push map's resources with each page")
+        True, "send Link: rel=preload headers for the push map's resources with each page",
+        group="push")
     early_hints: str = option(
         "h2", "send a 103 Early Hints with the preload links before the page: off, h2, or all "
-        "(all adds HTTP/1.1, where old clients may choke)", metavar="WHEN")
+        "(all adds HTTP/1.1, where old clients may choke)", metavar="WHEN", group="push")
     reload: bool = option(
-        False, "re-read the push map when it changes (SIGHUP always re-reads it)")
+        False, "re-read the push map when it changes (SIGHUP always re-reads it)", group="push")
     workers: int | str = option(
         1, "worker processes serving the same sockets: a number, or auto for one per usable CPU; "
         "above 1 a supervisor binds the sockets, starts the workers and restarts any that dies",
-        metavar="N|auto")
+        metavar="N|auto", group="processes")
     loop: str = option(
-        "auto", "event loop: auto (uvloop when installed), asyncio, or uvloop", metavar="LOOP")
+        "auto", "event loop: auto (uvloop when installed), asyncio, or uvloop", metavar="LOOP",
+        group="processes")
 
     def __post_init__(self) -> None:
         """Normalise (lists to tuples, "4" workers to 4), then check; after this nothing changes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -82,6 +83,33 @@ def test_help_lists_every_option() -> None:
     assert "cert " in result.stdout and "serve " in result.stdout
     assert "(default: h2,http/1.1)" in flat
     assert "(default: localhost:8443)" in flat
+
+
+def test_help_is_grouped() -> None:
+    """--help shows the options in sections (TLS, site, caching, push, HTTP/2, limits, processes,
+    logging), in that order, each option once and in the section of its Config field."""
+    from h2serve.config import GROUPS, Config
+
+    result = run_cli("--help")
+    assert result.returncode == 0
+    headings = re.findall(r"^(\S[^:\n]*):$", result.stdout, re.M)
+    assert headings == ["options", *GROUPS, "commands", "examples"]
+    section = "usage"
+    found: dict[str, list[str]] = {}
+    for line in result.stdout.splitlines():
+        heading = re.fullmatch(r"(\S[^:]*):", line)
+        if heading:
+            section = heading.group(1)
+        for flag in re.findall(r"^\s+(--[a-z0-9-]+)", line) + re.findall(r", (--[a-z0-9-]+)", line):
+            found.setdefault(flag, []).append(section)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        assert found.pop(flag) == [f.metadata["group"]], flag
+        if f.type == "bool":
+            assert found.pop("--no-" + flag[2:]) == [f.metadata["group"]], flag
+        if f.metadata["off_flag"]:
+            assert found.pop("--no-" + flag[2:]) == [f.metadata["group"]], flag
+    assert found == {"--help": ["options"], "--version": ["options"], "--config": ["options"]}
 
 
 def test_version() -> None:
