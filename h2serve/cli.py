@@ -41,6 +41,9 @@ examples:
   h2serve --root ./public --bind 0.0.0.0:443 --cert fullchain.pem --key privkey.pem
   curl --http2 --cacert certs/ca.pem https://localhost:8443/"""
 
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """One option per `Config` field: flag, type, help and default all come from the field, and
@@ -51,17 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"h2serve {__version__}")
     parser.add_argument("--config", metavar="TOML", help="read options from this TOML file first")
     sections = {name: parser.add_argument_group(name, about) for name, about in GROUPS.items()}
-    hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
-        _add_option(sections[f.metadata["group"]], f, hints[f.name])
+        add_config_option(sections[f.metadata["group"]], f.name)
     return parser
 
 
+def add_config_option(parser: argparse._ActionsContainer, name: str) -> None:
+    """Config field `name`'s option, on `parser` or one of its argument groups: flag, type, help and
+    default as `h2serve --help` shows them, for the subcommands too. An option not given is absent
+    from the parsed namespace (`default=SUPPRESS`), so that Config's own default applies."""
+    _add_option(parser, _FIELDS[name], _HINTS[name])
+
+
 def _add_option(parser: argparse._ActionsContainer, f: dataclasses.Field[Any], hint: Any) -> None:
-    """`f`'s option on `parser` or on one of its argument groups."""
     meta = f.metadata
     flag = "--" + f.name.replace("_", "-")
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    default = f.default
     kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "metavar": meta["metavar"]}
     help_text = meta["help"]
     if hint is bool:
@@ -98,15 +106,14 @@ def parse_config(argv: Sequence[str]) -> Config:
 def cert_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="h2serve cert", description="Make the development CA and localhost certificate anew.")
-    parser.add_argument("--certs-dir", default="certs", metavar="DIR",
-                        help="where to write ca.pem, cert.pem and key.pem (default: certs)")
-    args = parser.parse_args(argv)
+    add_config_option(parser, "certs_dir")
+    config = Config(**vars(parser.parse_args(argv)))
     from .net.certs import ensure_dev_certs, trust_hint  # cryptography only when needed: see server.py
 
     try:
-        certs, _ = ensure_dev_certs(args.certs_dir, force=True)
+        certs, _ = ensure_dev_certs(config.certs_dir, force=True)
     except OSError as e:
-        print(f"h2serve: cannot write certificates in {args.certs_dir}: {e.strerror}", file=sys.stderr)
+        print(f"h2serve: cannot write certificates in {config.certs_dir}: {e.strerror}", file=sys.stderr)
         return 2
     print(trust_hint(certs))
     return 0
@@ -120,25 +127,24 @@ def manifest_command(argv: Sequence[str]) -> int:
     parser.add_argument("site", nargs="?", metavar="SITE",
                         help="a folder served as the whole site (like --root); without it, "
                              "--templates and --static")
-    parser.add_argument("--templates", default="templates", metavar="DIR",
-                        help="folder of pages (default: templates)")
-    parser.add_argument("--static", default="static", metavar="DIR",
-                        help="folder of assets under /static/ (default: static)")
+    add_config_option(parser, "templates")
+    add_config_option(parser, "static")
     parser.add_argument("-o", "--output", metavar="FILE",
                         help="where to write it, '-' for standard output (default: "
                              "push_manifest.json at the site root)")
-    args = parser.parse_args(argv)
+    options = vars(parser.parse_args(argv))
+    output = options.pop("output")
     try:
-        config = Config(root=args.site, templates=args.templates, static=args.static)
+        config = Config(root=options.pop("site"), **options)
         site = Site.from_folders(root=config.root, templates=config.templates, static=config.static)
     except ConfigError as e:
         print(f"h2serve manifest: error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(scan_site(site), indent=2) + "\n"
-    if args.output == "-":
+    if output == "-":
         sys.stdout.write(text)
         return 0
-    out = Path(args.output) if args.output else default_manifest_path(config)
+    out = Path(output) if output else default_manifest_path(config)
     try:
         out.write_text(text, encoding="utf-8")
     except OSError as e:

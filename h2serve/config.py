@@ -3,7 +3,8 @@
 `Config` is the single source of truth: the command line (`cli.py`) is generated from its fields, a
 TOML file (`--config`) is read into it, and embedding code builds one directly. Each field carries its
 help text and its `--help` section in `metadata`, so adding an option is one edit here and nothing
-else.
+else. The subcommands (`h2serve cert`, `h2serve manifest`) and the components built from a Config
+(`Policy`, `Pusher`) take their defaults from these fields too (`default_of`), never a copy.
 
 A `Config` is immutable: it is checked once, when it is made, and every part of the server may keep
 it without a copy. List options are tuples (lists given by embedding code, TOML or the command line
@@ -232,6 +233,15 @@ class Config:
             return cls(**values)
         except TypeError as e:
             raise ConfigError(f"--config {path}: {e}") from None
+
+
+def default_of(name: str) -> Any:
+    """The default of `Config` field `name`, for a component that can also be built without a Config
+    (`Policy()`, `Pusher(site)`): its default is then Config's, not a copy that could drift."""
+    return _FIELDS[name].default
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
 def _normalised(config: Config) -> list[tuple[str, Any]]:

@@ -122,10 +122,8 @@ class Server:
 
     def _site(self) -> Site:
         cfg = self.config
-        policy = Policy(cfg.html_cache_control, cfg.static_cache_control,
-                        cfg.immutable_cache_control, cfg.list_dirs, cfg.serve_dotfiles)
         return Site.from_folders(root=cfg.root, templates=cfg.templates, static=cfg.static,
-                                 server_name=cfg.server_name, policy=policy)
+                                 server_name=cfg.server_name, policy=Policy.from_config(cfg))
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         cfg = self.config

@@ -112,6 +112,34 @@ def test_help_is_grouped() -> None:
     assert found == {"--help": ["options"], "--version": ["options"], "--config": ["options"]}
 
 
+def option_help(help_text: str, flag: str) -> str:
+    """What `--help` says of `flag` (metavar, help, default), whitespace collapsed."""
+    lines = help_text.splitlines()
+    start = next(i for i, line in enumerate(lines) if re.match(rf"\s+{re.escape(flag)}\b", line))
+    said = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.startswith(" " * 6) or line.lstrip().startswith("-"):
+            break
+        said.append(line)
+    return " ".join(" ".join(said).split())
+
+
+@pytest.mark.parametrize(("command", "flags"), [("cert", ["--certs-dir"]),
+                                                ("manifest", ["--templates", "--static"])])
+def test_subcommand_options_are_configs(command: str, flags: list[str]) -> None:
+    """`h2serve cert` and `h2serve manifest` take their options from Config: the same help and
+    default as `h2serve --help` (and so as Config) says."""
+    from h2serve.config import Config
+
+    main_help = run_cli("--help").stdout
+    sub = run_cli(command, "--help")
+    assert sub.returncode == 0
+    for flag in flags:
+        said = option_help(sub.stdout, flag)
+        assert said == option_help(main_help, flag)
+        assert said.endswith(f"(default: {getattr(Config(), flag[2:].replace('-', '_'))})"), said
+
+
 def test_version() -> None:
     from h2serve import __version__
 

@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..config import Config, default_of
 from ..site.filecache import FileEntry
 from ..site.handler import Site
 from ..site.paths import split_target
@@ -106,17 +107,28 @@ class Client:
 
 
 class Pusher:
-    """Push settings and the current push map; `plan()` is called for every page answer."""
+    """Push settings and the current push map; `plan()` is called for every page answer.
 
-    def __init__(self, site: Site, push_map: PushMap = EMPTY, *, push: bool = True,
-                 preload_links: bool = True, early_hints: str = "h2",
-                 cookie_name: str | None = "h2push") -> None:
+    `from_config` builds it from a Config; the keyword defaults, for one built without a Config,
+    are Config's own (`default_of`), so they cannot drift from what `--help` says."""
+
+    def __init__(self, site: Site, push_map: PushMap = EMPTY, *, push: bool = default_of("push"),
+                 preload_links: bool = default_of("preload_links"),
+                 early_hints: str = default_of("early_hints"),
+                 cookie_name: str | None = default_of("push_cookie") or None) -> None:
         self.site = site
         self.map = push_map
         self.push = push
         self.preload_links = preload_links
         self.early_hints = early_hints
-        self.cookie_name = cookie_name
+        self.cookie_name = cookie_name  # None: no push cookie
+
+    @classmethod
+    def from_config(cls, config: Config, site: Site, push_map: PushMap = EMPTY) -> Pusher:
+        """The push settings `config` asks for (--push, --preload-links, --early-hints, --push-cookie,
+        whose "" is no cookie), over `push_map`."""
+        return cls(site, push_map, push=config.push, preload_links=config.preload_links,
+                   early_hints=config.early_hints, cookie_name=config.push_cookie or None)
 
     def wants(self, page: FileEntry) -> bool:
         """Whether the map has anything for `page`: adapters ask before gathering what `plan`

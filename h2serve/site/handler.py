@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from ..config import ConfigError
+from ..config import Config, ConfigError, default_of
 from . import coding
 from .body import BytesBody, FileBody, Headers, Response, http_date
 from .conditional import UNSATISFIABLE, Validators, byte_range, evaluate
@@ -47,14 +47,24 @@ class Mount:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """How files are served beyond finding them: caching headers, listings, dotfiles."""
+    """How files are served beyond finding them: caching headers, listings, dotfiles.
 
-    html_cache: str = "no-cache"
-    static_cache: str = "public, max-age=3600"
-    immutable_cache: str = "public, max-age=31536000, immutable"
-    list_dirs: bool = False
-    dotfiles: bool = False
-    max_target: int = 8192  # longest request target answered; longer ones get 414
+    The server builds it with `from_config`; the defaults, for a `Site` built without one, are
+    Config's own (`default_of`), so they cannot drift from what `--help` says."""
+
+    html_cache: str = default_of("html_cache_control")
+    static_cache: str = default_of("static_cache_control")
+    immutable_cache: str = default_of("immutable_cache_control")
+    list_dirs: bool = default_of("list_dirs")
+    dotfiles: bool = default_of("serve_dotfiles")
+    max_target: int = 8192  # longest request target answered; longer ones get 414 (not an option)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Policy:
+        """The policy `config` asks for: --*-cache-control, --list-dirs, --serve-dotfiles."""
+        return cls(html_cache=config.html_cache_control, static_cache=config.static_cache_control,
+                   immutable_cache=config.immutable_cache_control, list_dirs=config.list_dirs,
+                   dotfiles=config.serve_dotfiles)
 
 
 @dataclass(slots=True)
