@@ -21,6 +21,7 @@ from typing import Any
 
 from . import __version__
 from .config import GROUPS, Config, ConfigError
+from .proto.versions import check_versions
 from .push.manifest import default_manifest_path
 from .push.scan import scan_site
 from .site.handler import Site
@@ -164,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[1:]
     try:
         config = parse_config(argv)
+        check_versions()  # an h2 outside the tested range: one line here, not a failure per connection
     except ConfigError as e:
         print(f"h2serve: error: {e}", file=sys.stderr)
         return 2
