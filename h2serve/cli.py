@@ -70,7 +70,7 @@ def add_config_option(parser: argparse._ActionsContainer, name: str) -> None:
 def _add_option(parser: argparse._ActionsContainer, f: dataclasses.Field[Any], hint: Any) -> None:
     meta = f.metadata
     flag = "--" + f.name.replace("_", "-")
-    default = f.default
+    default: Any = f.default
     kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "metavar": meta["metavar"]}
     help_text = meta["help"]
     if hint is bool:
