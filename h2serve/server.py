@@ -27,7 +27,7 @@ from . import __version__
 from .accesslog import AccessLog
 from .config import Config, ConfigError, parse_address
 from .net.listener import Acceptor, bind
-from .net.tls import make_ssl_context
+from .net.tls import event_loop_factory, make_ssl_context
 from .protocol import Dispatcher, Shared
 from .push.manifest import PushMap, describe_map, push_map_for, push_map_sources
 from .push.plan import Pusher
@@ -291,7 +291,11 @@ def event_loop(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop
     """The event loop `--loop` asks for: its name and a factory. `auto` takes uvloop when it can be
     imported (the `fast` extra): its loop and TLS layer cost less per read and per connection than
     asyncio's (HTTP/1.1 +10-25% requests/s, an idle TLS connection 42 KiB instead of 71; HTTP/2
-    about even, h2's own work per request dominating). Asking for uvloop without it is a ConfigError."""
+    about even, h2's own work per request dominating). Asking for uvloop without it is a ConfigError.
+
+    The asyncio choice is h2serve's own loop (net/tls.py `SmallTLSBufferLoop`): 32 KiB of TLS read
+    buffer per connection instead of 256 KiB. Only loops made by this factory are; an application
+    that embeds `Server` on its own loop is left as it is."""
     if choice != "asyncio":
         try:
             import uvloop
@@ -301,7 +305,7 @@ def event_loop(choice: str) -> tuple[str, Callable[[], asyncio.AbstractEventLoop
                                   "'h2serve[fast]'), or use --loop asyncio or auto") from None
         else:
             return "uvloop", uvloop.new_event_loop
-    return "asyncio", asyncio.new_event_loop
+    return "asyncio", event_loop_factory()
 
 
 async def _wait_any(event: asyncio.Event, other: asyncio.Event | None, timeout: float) -> None:

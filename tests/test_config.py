@@ -272,13 +272,15 @@ def test_event_loop_factories() -> None:
     """`--loop` to a factory: asyncio always; auto is uvloop exactly when it can be imported."""
     import asyncio
 
+    from h2serve.net.tls import SmallTLSBufferLoop
     from h2serve.server import event_loop
 
-    assert event_loop("asyncio") == ("asyncio", asyncio.new_event_loop)
+    assert event_loop("asyncio") == ("asyncio", SmallTLSBufferLoop)
+    assert issubclass(SmallTLSBufferLoop, asyncio.SelectorEventLoop)
     try:
         import uvloop
     except ImportError:
-        assert event_loop("auto")[0] == "asyncio"
+        assert event_loop("auto") == ("asyncio", SmallTLSBufferLoop)
         with pytest.raises(ConfigError, match="uvloop is not installed"):
             event_loop("uvloop")
     else:

@@ -14,8 +14,10 @@ connection closed without a word. Anything else goes to the TLS layer, which ref
 
 Memory per TLS connection: asyncio's SSL protocol gives every connection a read buffer of its
 class attribute `max_size`, 256 KiB, allocated (and touched) when the connection is accepted and
-kept for its life: 500 MiB for 2,000 idle clients. `TLS_READ_BUFFER` sets it to 32 KiB (two TLS
-records), which costs nothing a static server notices: its clients send requests, not bodies.
+kept for its life: 500 MiB for 2,000 idle clients. On the event loop h2serve runs itself (`--loop
+asyncio`: tls.py's `SmallTLSBufferLoop`) it is `TLS_READ_BUFFER`, 32 KiB (two TLS records), which
+costs nothing a static server notices: its clients send requests, not bodies. An application that
+embeds `Server` on its own loop keeps asyncio's default: nothing here changes asyncio for others.
 
 Under uvloop (`--loop`, server.py) that setting is simply unused: uvloop has its own TLS layer, whose
 per-connection read buffer (256 KiB, a compile-time constant: nothing to tune from Python) is
@@ -31,7 +33,6 @@ import logging
 import socket
 import ssl
 import sys
-from asyncio import sslproto
 from collections.abc import Callable
 
 log = logging.getLogger("h2serve")
@@ -40,14 +41,10 @@ BACKLOG = 1024
 ACCEPT_BATCH = 64               # connections accepted per wake-up, so one listener cannot hog the loop
 RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 RESOURCE_RETRY = 1.0            # seconds to stop accepting after running out of file descriptors
-TLS_READ_BUFFER = 32 * 1024     # per-connection TLS read buffer (asyncio's default: 256 KiB)
 PLAIN_HTTP_BODY = b"This is an HTTPS port: the request was sent as plain HTTP. Use https://.\n"
 PLAIN_HTTP_ANSWER = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
                      b"content-length: %d\r\nconnection: close\r\n\r\n%s"
                      % (len(PLAIN_HTTP_BODY), PLAIN_HTTP_BODY))
-
-if getattr(sslproto.SSLProtocol, "max_size", 0) > TLS_READ_BUFFER:
-    sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
 
 
 def bind(host: str, port: int) -> list[socket.socket]:
