@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -20,16 +21,30 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import h11
 import httpx
 import pytest
+from h2.config import H2Configuration
+from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
+from h2.events import DataReceived
+from h2.settings import SettingCodes, Settings
+from hyperframe.frame import Frame
 
 from h2serve import Config, Server
+from h2serve.accesslog import AccessLog
 from h2serve.net.certs import DevCerts, ensure_dev_certs
+from h2serve.proto.exchange import Services
+from h2serve.proto.h1engine import H1Engine
+from h2serve.proto.h2engine import H2Engine
+from h2serve.proto.lifecycle import CLOSED
+from h2serve.push.manifest import EMPTY, build_map
+from h2serve.push.plan import Pusher
+from h2serve.site.handler import Policy, Site
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "templates"
@@ -353,3 +368,391 @@ def big_file(big_source: tuple[Path, str], site: Path) -> BigFile:
     except OSError:
         shutil.copyfile(source, target)
     return BigFile(site, "big.bin", BIG_SIZE, digest)
+
+
+# -- in-memory engine harness: paired connections, no sockets, no event loop (appended) ------------
+#
+# In the manner of h11's own tests: a real client (h2's H2Connection, h11's Connection) wired to an
+# engine by plain method calls. Time is a `FakeClock` the test moves; blocking site work runs when
+# the `MemoryHost` is told to. Nothing waits, so every test is fast and every order deterministic.
+
+MEMORY_BIG = 200_000      # the two large files: over SMALL_FILE (64 KiB), so sent from disk in runs
+MEMORY_MEDIUM = 40_000    # kept in memory (under SMALL_FILE), over a 16 KiB frame
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told: `clock.now = t`, or `clock.advance(s)`."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+class MemoryHost:
+    """An engine's `Host` in memory: the fake clock; deferred work run at once, or (`queue=True`)
+    kept until `run_deferred()`; `wake()` only counted."""
+
+    def __init__(self, clock: FakeClock, *, queue: bool = False) -> None:
+        self.clock = clock
+        self.queue = queue
+        self.deferred: list[tuple[str, Callable[[], None], Callable[[BaseException | None], None]]] = []
+        self.kinds: list[str] = []  # every kind deferred, in order
+        self.wakes = 0
+
+    def now(self) -> float:
+        return self.clock.now
+
+    def defer(self, kind: str, work: Callable[[], None],
+              done: Callable[[BaseException | None], None]) -> None:
+        self.kinds.append(kind)
+        if self.queue:
+            self.deferred.append((kind, work, done))
+        else:
+            _run_work(work, done)
+
+    def run_deferred(self) -> int:
+        """Run the queued work and its `done` callbacks, oldest first (work queued meanwhile too);
+        how many ran."""
+        ran = 0
+        while self.deferred:
+            _, work, done = self.deferred.pop(0)
+            _run_work(work, done)
+            ran += 1
+        return ran
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+def _run_work(work: Callable[[], None], done: Callable[[BaseException | None], None]) -> None:
+    try:
+        work()
+    except Exception as e:  # what a worker thread's future would hold
+        done(e)
+        return
+    done(None)
+
+
+@dataclass
+class MemorySite:
+    """The small site of the engine tests: `files` maps each URL path to its bytes."""
+
+    templates: Path
+    static: Path
+    files: dict[str, bytes]
+
+
+@pytest.fixture(scope="session")
+def memory_site_source(tmp_path_factory: pytest.TempPathFactory) -> MemorySite:
+    """The engine tests' site, made once: a page, a stylesheet, a script, a font and binary files."""
+    root = tmp_path_factory.mktemp("memory-site")
+    css = b"body { color: #333; }\n" * 100
+    js = b"console.log('app');\n" * 150
+    page = (b"<!doctype html>\n<html><head><link rel=stylesheet href=/static/app.css>"
+            b"<script src=/static/app.js></script></head><body>" + b"<p>hello</p>\n" * 60
+            + b"</body></html>\n")
+    files = {
+        "/": page,
+        "/about": b"<!doctype html>\n<title>about</title>\n",
+        "/static/app.css": css,
+        "/static/app.js": js,
+        "/static/font.woff2": os.urandom(3000),
+        "/static/medium.bin": os.urandom(MEMORY_MEDIUM),
+        "/static/one.bin": os.urandom(MEMORY_BIG),
+        "/static/two.bin": os.urandom(MEMORY_BIG),
+    }
+    names = {"/": "templates/index.html", "/about": "templates/about.html"}
+    for url, data in files.items():
+        path = root / names.get(url, url.lstrip("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return MemorySite(root / "templates", root / "static", files)
+
+
+@pytest.fixture
+def memory_site(memory_site_source: MemorySite, tmp_path: Path) -> MemorySite:
+    """A writable copy of the engine tests' site."""
+    root = tmp_path / "memory-site"
+    shutil.copytree(memory_site_source.templates, root / "templates")
+    shutil.copytree(memory_site_source.static, root / "static")
+    return MemorySite(root / "templates", root / "static", dict(memory_site_source.files))
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()
+
+
+class EngineEnv:
+    """Builds what the engine tests wire together: `Services` over the memory site (with a push
+    map when given one), `MemoryHost`s on the shared fake clock, and paired connections. The access
+    log goes to `log` (`log_lines()`). Every engine made is told its connection is lost at the end
+    of the test, so the files it holds open are closed."""
+
+    def __init__(self, site: MemorySite, clock: FakeClock) -> None:
+        self.site = site
+        self.clock = clock
+        self.log = io.StringIO()
+        self.engines: list[Any] = []
+
+    def services(self, push_map: dict[str, Any] | None = None, **options: Any) -> Services:
+        """`Services` for a `Config` of `options` over the memory site; `push_map` is a push
+        manifest's JSON (flat: the index page's)."""
+        options.setdefault("access_log", "off")  # the Config's; the log here is `self.log`
+        config = Config(templates=str(self.site.templates), static=str(self.site.static), **options)
+        site = Site.from_folders(root=None, templates=config.templates, static=config.static,
+                                 server_name=config.server_name, policy=Policy.from_config(config))
+        mapped = EMPTY if push_map is None else build_map(push_map, site, "test push map")
+        pusher = Pusher.from_config(config, site, mapped)
+        return Services(config, site, pusher, AccessLog(self.log))
+
+    def host(self, *, queue: bool = False) -> MemoryHost:
+        return MemoryHost(self.clock, queue=queue)
+
+    def h2(self, *, settings: dict[int, int] | None = None, queue: bool = False,
+           push_map: dict[str, Any] | None = None, connect: bool = True, **options: Any) -> H2Pair:
+        """A client `H2Connection` (local `settings` on top of h2's own) paired with an `H2Engine`
+        over TLS, connected (both prefaces and SETTINGS ACKs exchanged) unless `connect=False`."""
+        pair = H2Pair(self.services(push_map, **options), self.host(queue=queue), settings)
+        self.engines.append(pair.engine)
+        if connect:
+            pair.connect()
+        return pair
+
+    def h1(self, *, queue: bool = False, push_map: dict[str, Any] | None = None,
+           **options: Any) -> H1Pair:
+        pair = H1Pair(self.services(push_map, **options), self.host(queue=queue))
+        self.engines.append(pair.engine)
+        return pair
+
+    def log_lines(self) -> list[str]:
+        return self.log.getvalue().splitlines()
+
+    def close(self) -> None:
+        for engine in self.engines:
+            if engine.life.state != CLOSED:
+                engine.connection_lost()
+
+
+@pytest.fixture
+def engine_env(memory_site: MemorySite, fake_clock: FakeClock) -> Iterator[EngineEnv]:
+    env = EngineEnv(memory_site, fake_clock)
+    yield env
+    env.close()
+
+
+class _ClientStateMachine(H2ConnectionStateMachine):
+    """h2's client state machine, except that the server's GOAWAY does not close it: RFC 9113
+    section 6.8 lets the streams up to its last stream id complete (the server's two-step GOAWAY
+    sends DATA, a PING and a second GOAWAY after the first), and the tests go on sending after it
+    (a PING ACK, WINDOW_UPDATEs, a request above the last stream id, to see it refused)."""
+
+    _transitions: ClassVar = {
+        **H2ConnectionStateMachine._transitions,
+        (ConnectionState.IDLE, ConnectionInputs.RECV_GOAWAY): (None, ConnectionState.IDLE),
+        (ConnectionState.CLIENT_OPEN, ConnectionInputs.RECV_GOAWAY): (None, ConnectionState.CLIENT_OPEN),
+    }
+
+
+class H2Pair:
+    """A client `H2Connection` wired to an `H2Engine` with no socket between them.
+
+    `client_send()` moves what the client queued into `engine.receive`; `server_send()` drains
+    `engine.output()` into `client.receive_data` and returns the client's events. Every frame the
+    server sent is kept, parsed, in `frames` (`new_frames` since the last drain). Flow control is
+    manual: the client opens windows only when a test says so (`open_window`, `ack`), so a test can
+    hold them shut. `fed` records how many bytes each `engine.receive` passed on to h2."""
+
+    def __init__(self, services: Services, host: MemoryHost,
+                 settings: dict[int, int] | None = None) -> None:
+
+
+        self.services = services
+        self.host = host
+        self.client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.client.state_machine = _ClientStateMachine()
+        if settings:
+            self.client.local_settings = Settings(client=True, initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: 100,
+                SettingCodes.MAX_HEADER_LIST_SIZE: self.client.DEFAULT_MAX_HEADER_LIST_SIZE,
+                **settings})
+        self.engine = H2Engine(services, host, tls=True, client="192.0.2.1")
+        self.frames: list[Any] = []      # every frame the server sent
+        self.new_frames: list[Any] = []  # those of the last drain
+        self.events: list[Any] = []      # every event of the client's
+        self.fed: list[int] = []         # bytes h2 was given, per engine.receive
+        self._pending = b""
+        conn = self.engine.conn
+        receive = conn.receive_data
+
+        def counted(data: bytes) -> Any:
+            self.fed.append(len(data))
+            return receive(data)
+
+        conn.receive_data = counted  # type: ignore[method-assign]
+
+    def connect(self) -> None:
+        """Both prefaces, both SETTINGS and both ACKs."""
+        self.engine.start()
+        self.client.initiate_connection()
+        self.client_send()
+        self.server_send()
+        self.client_send()
+        self.server_send()
+
+    def client_send(self) -> int:
+        """What the client queued, into the engine in one `receive`; how many bytes."""
+        data = self.client.data_to_send()
+        if data:
+            self.engine.receive(data)
+        return len(data)
+
+    def send_raw(self, data: bytes) -> None:
+        """Bytes the client's h2 knows nothing of (hostile frames), into the engine in one read."""
+        self.engine.receive(data)
+
+    def drain(self) -> bytes:
+        """Everything `output()` gives now; its frames are parsed into `new_frames` and `frames`."""
+        out = bytearray()
+        while chunk := self.engine.output():
+            out += chunk
+        self.new_frames = self._parse(bytes(out))
+        self.frames += self.new_frames
+        return bytes(out)
+
+    def server_send(self) -> list[Any]:
+        """Drain the engine into the client; the client's events."""
+        data = self.drain()
+        events = list(self.client.receive_data(data)) if data else []
+        self.events += events
+        return events
+
+    def exchange(self) -> list[Any]:
+        """`client_send()` then `server_send()`."""
+        self.client_send()
+        return self.server_send()
+
+    def request(self, path: str, *, headers: Sequence[tuple[bytes, bytes]] = (),
+                end_stream: bool = True, method: bytes = b"GET") -> int:
+        """Queue a request on the client (sent by the next `client_send`); its stream id."""
+        sid = self.client.get_next_available_stream_id()
+        self.client.send_headers(sid, [(b":method", method), (b":scheme", b"https"),
+                                       (b":authority", b"localhost"), (b":path", path.encode()),
+                                       *headers], end_stream=end_stream)
+        return sid
+
+    def open_window(self, increment: int, stream_id: int | None = None) -> None:
+        """Queue a WINDOW_UPDATE: the connection's (None) or a stream's."""
+        self.client.increment_flow_control_window(increment, stream_id)
+
+    def ack(self, events: Iterable[Any]) -> None:
+        """Give back the window of every DataReceived in `events` (queued WINDOW_UPDATEs)."""
+
+        for event in events:
+            if isinstance(event, DataReceived) and event.flow_controlled_length:
+                self.client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+
+    def _parse(self, data: bytes) -> list[Any]:
+
+        buffer = self._pending + data
+        frames, pos = [], 0
+        while len(buffer) - pos >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(buffer[pos:pos + 9]))
+            if len(buffer) - pos - 9 < length:
+                break
+            frame.parse_body(memoryview(buffer[pos + 9:pos + 9 + length]))
+            frames.append(frame)
+            pos += 9 + length
+        self._pending = buffer[pos:]
+        return frames
+
+
+class H1Pair:
+    """An `h11.Connection(h11.CLIENT)` wired to an `H1Engine` with no socket between them.
+
+    `send(target)` sends one request through the client; `request_bytes(target)` makes the bytes of
+    one without it (for pipelining, which h11's client does not do); `server_send()` drains
+    `engine.output()` into the client and returns its events; `responses(targets)` reads the
+    answers to pipelined requests in order."""
+
+    def __init__(self, services: Services, host: MemoryHost) -> None:
+
+
+        self.services = services
+        self.host = host
+        self.client = h11.Connection(h11.CLIENT)
+        self.engine = H1Engine(services, host, tls=True, client="192.0.2.1")
+        self.engine.start()
+        self.received = bytearray()  # everything the server sent
+
+    @staticmethod
+    def request_bytes(target: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+
+        conn = h11.Connection(h11.CLIENT)
+        return conn.send(_h11_request(target, headers)) + conn.send(h11.EndOfMessage())
+
+    def send(self, target: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+
+        data = self.client.send(_h11_request(target, headers)) + self.client.send(h11.EndOfMessage())
+        self.engine.receive(data)
+
+    def drain(self) -> bytes:
+        out = bytearray()
+        while chunk := self.engine.output():
+            out += chunk
+        self.received += out
+        return bytes(out)
+
+    def server_send(self) -> list[Any]:
+        """Drain the engine into the client; its events up to the end of the response (or until it
+        needs more)."""
+
+        data = self.drain()
+        if data:
+            self.client.receive_data(data)
+        events = []
+        while True:
+            event = self.client.next_event()
+            if event in (h11.NEED_DATA, h11.PAUSED):
+                return events
+            events.append(event)
+            if isinstance(event, h11.EndOfMessage):
+                return events
+
+    def responses(self, targets: Sequence[str]) -> list[tuple[int, bytes]]:
+        """(status, body) of the answers to the pipelined requests for `targets`, in order, from
+        what the server has sent (the client is walked through each request in turn)."""
+
+        data = self.drain()
+        if data:
+            self.client.receive_data(data)
+        out = []
+        for target in targets:
+            if self.client.our_state is h11.DONE and self.client.their_state is h11.DONE:
+                self.client.start_next_cycle()
+            self.client.send(_h11_request(target, ()))
+            self.client.send(h11.EndOfMessage())
+            status, body = 0, bytearray()
+            while True:
+                event = self.client.next_event()
+                assert event not in (h11.NEED_DATA, h11.PAUSED), f"no complete answer to {target}"
+                if isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            out.append((status, bytes(body)))
+        return out
+
+
+def _h11_request(target: str, headers: Sequence[tuple[bytes, bytes]]) -> Any:
+    import h11
+
+    return h11.Request(method="GET", target=target, headers=[(b"host", b"localhost"), *headers])
