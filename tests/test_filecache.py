@@ -1,5 +1,6 @@
 """The server's file cache (h2serve/filecache.py, watch.py): metadata and small files kept in memory,
-trusted while inotify reports no change, so that an edit is served on the very next request.
+trusted while inotify reports no change, so that an edit is served on the very next request; and
+loads in worker threads, several at once, while the loop answers from memory and reports changes.
 
 Every edit here is followed at once by a request, with no sleep, on a connection that stays open;
 the last test drives `Site` directly (no sockets, no watcher) for the once-a-second fallback.
@@ -7,11 +8,15 @@ the last test drives `Site` directly (no sockets, no watcher) for the once-a-sec
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import os
 import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import brotli
@@ -19,9 +24,12 @@ import httpx
 import pytest
 from conftest import STATIC, TEMPLATES, RunningServer
 
+from h2serve.site import filecache
+from h2serve.site.blocking import WouldBlock
 from h2serve.site.body import BytesBody, Response
-from h2serve.site.filecache import REVALIDATE, SMALL_FILE
+from h2serve.site.filecache import LOOKS, REVALIDATE, SMALL_FILE, FileCache, FileEntry
 from h2serve.site.handler import Site
+from h2serve.site.watch import Watcher
 
 PROTOCOLS = ["h2", "http/1.1"]
 HTTPX_VERSION = {"h2": "HTTP/2", "http/1.1": "HTTP/1.1"}
@@ -282,3 +290,171 @@ def test_whole_static_folder_swapped(site: Path, session: Session) -> None:
     assert session.get("/static/docs.txt").status_code == 404
     (site / "static" / "css" / "site.css").write_text("release 2.1\n")
     assert session.get("/static/css/site.css").text == "release 2.1\n"
+
+
+# -- loads in worker threads ----------------------------------------------------------------------------
+
+class Cache:
+    """A FileCache on the demo site's static folder, told of changes by a real inotify watcher on
+    an event loop that never runs: `report()` handles the events, as the loop would."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cache = FileCache()
+        self.loop = asyncio.new_event_loop()
+        self.watcher = Watcher(self.cache.changed, self.cache.clear)
+        assert self.watcher.start(self.loop)
+        self.cache.watch, self.cache.sync = self.watcher.add, self.watcher.drain
+
+    def report(self) -> None:
+        self.cache.catch_up()
+
+    def close(self) -> None:
+        self.watcher.close()
+        self.loop.close()
+
+
+@pytest.fixture
+def cache(site: Path) -> Iterator[Cache]:
+    c = Cache(site / "static")
+    yield c
+    c.close()
+
+
+class StatHook:
+    """Stands for `os` in filecache.py: `stat(path)` calls `hook(path)` after the real stat."""
+
+    def __init__(self, hook: Callable[[str], None]) -> None:
+        self.hook = hook
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    def stat(self, path: str, *args: object, **kwargs: object) -> os.stat_result:
+        try:
+            return os.stat(path, *args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            self.hook(path)
+
+
+def in_thread(fn: Callable[[], object]) -> Future[object]:
+    return ThreadPoolExecutor(1).submit(fn)
+
+
+def test_change_reported_during_a_threaded_load_is_not_kept_stale(
+        cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker thread has read a file's bytes (and is looking for its precompressed siblings) when
+    the file is rewritten and the change reported on the loop: the load looks again, and keeps the
+    new version, trusted; without the generation check it would keep the old one, trusted, for good."""
+    path = cache.root / "docs.txt"
+    at_sibling, reported = threading.Event(), threading.Event()
+
+    def hook(p: str) -> None:
+        if p == f"{path}.br" and not at_sibling.is_set():
+            at_sibling.set()
+            assert reported.wait(10)
+
+    monkeypatch.setattr(filecache, "os", StatHook(hook))
+    load = in_thread(lambda: cache.cache.get(str(path), cache.root))
+    assert at_sibling.wait(10)
+    path.write_bytes(b"the new version\n")
+    cache.report()  # the loop handles the watcher's event: FileCache.changed(path)
+    reported.set()
+    entry = load.result(10)
+    assert isinstance(entry, FileEntry) and entry.data == b"the new version\n" and entry.watched
+    assert cache.cache.get(str(path), cache.root, block=False) is entry
+
+
+def test_changes_reported_at_every_look_leave_the_entry_untrusted(
+        cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file reported changed during each of the LOOKS looks of a load is kept, but checked
+    again after REVALIDATE seconds, like an unwatched one."""
+    path = cache.root / "docs.txt"
+    looks = []
+
+    def hook(p: str) -> None:
+        if p == f"{path}.br":
+            looks.append(p)
+            cache.cache.changed(str(path))
+
+    monkeypatch.setattr(filecache, "os", StatHook(hook))
+    entry = in_thread(lambda: cache.cache.get(str(path), cache.root)).result(10)
+    assert len(looks) >= LOOKS  # each look of the file, and the sibling's own looks
+    assert isinstance(entry, FileEntry) and not entry.watched
+    assert entry.data == (STATIC / "docs.txt").read_bytes()
+    entry.checked -= REVALIDATE
+    with pytest.raises(WouldBlock):
+        cache.cache.get(str(path), cache.root, block=False)
+
+
+def test_file_created_while_a_thread_finds_nothing_there(
+        cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread looks at a missing path and is about to remember it as missing when the file is
+    created and reported: it looks again and finds the file."""
+    path = cache.root / "late.txt"
+    stats = []
+
+    def hook(p: str) -> None:
+        if p == str(path):
+            stats.append(p)
+            if len(stats) == 2:  # the second look, after the watch began: "still missing"
+                path.write_bytes(b"made meanwhile\n")
+                cache.report()
+
+    monkeypatch.setattr(filecache, "os", StatHook(hook))
+    entry = in_thread(lambda: cache.cache.get(str(path), cache.root)).result(10)
+    assert isinstance(entry, FileEntry) and entry.data == b"made meanwhile\n"
+    assert cache.cache.get(str(path), cache.root, block=False) is entry
+
+
+def test_two_threads_loading_one_path(cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both in the middle of loading the same file at once: each gets a right entry, one is kept,
+    and the byte count of what is kept stays exact."""
+    path = cache.root / "css" / "site.css"
+    both = threading.Barrier(2, timeout=10)
+
+    def hook(p: str) -> None:
+        if p == str(path) and threading.current_thread().name.startswith("load"):
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both.wait()
+
+    monkeypatch.setattr(filecache, "os", StatHook(hook))
+    with ThreadPoolExecutor(2, thread_name_prefix="load") as pool:
+        loads = [pool.submit(cache.cache.get, str(path), cache.root) for _ in range(2)]
+        entries = [f.result(10) for f in loads]
+    content = path.read_bytes()
+    assert all(isinstance(e, FileEntry) and e.data == content and e.watched for e in entries)
+    kept = cache.cache.get(str(path), cache.root, block=False)
+    assert kept in entries
+    held = cache.cache._entries.values()  # the accounting is the point
+    assert cache.cache._cached_bytes == sum(len(e.data or b"") for e in held)
+
+
+def test_loads_in_many_threads_while_the_loop_reports_changes(cache: Cache) -> None:
+    """Four threads load and answer from memory while the main thread (the loop) keeps rewriting
+    files and handling the events: no error, and once quiet every file is served as it is on disk."""
+    names = [f"f{i}.txt" for i in range(4)]
+    for name in names:
+        (cache.root / name).write_bytes(b"0\n")
+    stop = threading.Event()
+
+    def work(name: str) -> int:
+        n = 0
+        while not stop.is_set():
+            cache.cache.get(str(cache.root / name), cache.root)
+            with contextlib.suppress(WouldBlock):
+                cache.cache.get(str(cache.root / name), cache.root, block=False)
+            n += 1
+        return n
+
+    with ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(work, name) for name in names]
+        for i in range(40):
+            (cache.root / names[i % 4]).write_bytes(b"%d\n" % i)
+            cache.report()
+        stop.set()
+        assert all(f.result(10) > 0 for f in running)
+    cache.report()
+    for name in names:
+        entry = cache.cache.get(str(cache.root / name), cache.root)
+        assert entry is not None and entry.data == (cache.root / name).read_bytes(), name

@@ -8,22 +8,31 @@ seconds and then checked with `stat` again.
 Containment lives here too: an entry exists only for a regular file whose real path (symlinks
 followed) is inside the root it was looked up in, and a file is opened only if it is still the very
 file (device and inode) that was vetted.
+
+Loads block (stat, realpath, a read, watches added), so they may run in worker threads, several at
+once, while the event loop answers from what is loaded (`get(..., block=False)`) and handles the
+watcher's reports (`changed`, `clear`); see `FileCache` for how that stays consistent.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 
+from .blocking import WouldBlock
+
 SMALL_FILE = 64 * 1024          # files up to this size are kept in memory
 CACHE_BYTES = 64 * 1024 * 1024  # total bytes of small files kept
 REVALIDATE = 1.0                # seconds an unwatched entry is trusted before looking again
 SIBLINGS = {"br": ".br", "zstd": ".zst", "gzip": ".gz"}  # precompressed versions beside a file
+LOOKS = 3                       # looks at a file that changes while loaded, before it is kept untrusted
+MAX_ABSENT = 16384              # paths known (while watched) to hold no file to serve
 
 
 @dataclass(slots=True)
@@ -61,12 +70,28 @@ class FileEntry:
 
 class FileCache:
     """Entries by path; `watch(folder) -> bool` (set by the I/O glue) subscribes to changes, and
-    `sync()` (set with it) handles the changes already reported but not yet seen."""
+    `sync()` (set with it) handles the changes already reported but not yet seen.
+
+    Threads: loads (`get`/`is_dir` with `block=True`) may run in several worker threads at once,
+    while the event loop answers from memory (`block=False`) and calls `changed`/`clear`/`catch_up`.
+    Reads take no lock (a dict lookup, atomic in CPython); every change to the maps is made under
+    `_lock`, held for a few dict operations and never over a system call, so the loop never waits
+    behind a thread's disk I/O. `changed` and `clear` bump `_generation`: a load that sees it moved
+    while it was looking may hold what was there before the change, so it looks again (`LOOKS` looks
+    at most, then keeps what it saw untrusted: checked again after `REVALIDATE` seconds). Two
+    threads loading one path both keep a right entry; the later one stays."""
 
     def __init__(self) -> None:
         self._entries: dict[str, FileEntry] = {}
         self._by_real: dict[str, set[str]] = {}
+        # Paths with no file to serve (missing, a folder, a FIFO...) -> whether it is a folder
+        # inside its root (what `is_dir` says). Kept only while their folders are watched, and
+        # only until the next change reported anywhere, they spare a stat per request for /about
+        # (about.html) and for a 404, and let `block=False` answer those from memory.
+        self._absent: dict[str, bool] = {}
         self._cached_bytes = 0
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped by every change reported
         self.watch: Callable[[str], bool] | None = None
         self.sync: Callable[[], None] | None = None
 
@@ -77,18 +102,29 @@ class FileCache:
         if self.sync is not None:
             self.sync()
 
-    def get(self, path: str, root: Path) -> FileEntry | None:
-        """The entry for `path` if it is a regular file inside `root`, else None."""
+    def get(self, path: str, root: Path, *, block: bool = True) -> FileEntry | None:
+        """The entry for `path` if it is a regular file inside `root`, else None.
+
+        `block=False` answers only from memory, and raises WouldBlock("io") where the disk must be
+        looked at (a path not looked at yet, or an entry due for a check)."""
         entry = self._entries.get(path)
         if entry is not None and (entry.watched or time.monotonic() - entry.checked < REVALIDATE):
             return entry
-        fresh = self._load(path, root, entry)
-        if fresh is None:
-            self._forget(path)
-        return fresh
+        if entry is None and path in self._absent:
+            return None
+        if not block:
+            raise WouldBlock("io")
+        return self._load(path, root, entry)
 
-    def is_dir(self, path: str, root: Path) -> bool:
-        """Whether `path` is a folder inside `root` (for redirects and listings; not cached)."""
+    def is_dir(self, path: str, root: Path, *, block: bool = True) -> bool:
+        """Whether `path` is a folder inside `root` (for redirects and listings): what the last
+        `get` of `path` found, while that is known (see `_absent`), else looked at (WouldBlock("io")
+        with `block=False`)."""
+        folder = self._absent.get(path)
+        if folder is not None:
+            return folder
+        if not block:
+            raise WouldBlock("io")
         try:
             if not stat.S_ISDIR(os.stat(path).st_mode):
                 return False
@@ -102,15 +138,22 @@ class FileCache:
         Called by the watcher for every change it sees; cheap when nothing matches.
         """
         named = [path, *(path[:-len(suffix)] for suffix in SIBLINGS.values() if path.endswith(suffix))]
-        stale = [p for n in named for p in (n, *self._by_real.get(n, ()))]  # by path and real path
         prefix = path.rstrip(os.sep) + os.sep
-        stale += [p for p, e in self._entries.items() if p.startswith(prefix) or e.real.startswith(prefix)]
-        for p in stale:
-            self._forget(p)
+        with self._lock:
+            self._generation += 1
+            self._absent.clear()
+            stale = [p for n in named for p in (n, *self._by_real.get(n, ()))]  # by path and real path
+            stale += [p for p, e in self._entries.items()
+                      if p.startswith(prefix) or e.real.startswith(prefix)]
+            for p in stale:
+                self._forget(p)
 
     def clear(self) -> None:
-        for p in list(self._entries):
-            self._forget(p)
+        with self._lock:
+            self._generation += 1
+            self._absent.clear()
+            for p in list(self._entries):
+                self._forget(p)
 
     def read_whole(self, entry: FileEntry, limit: int) -> bytes | None:
         """The contents of a file of at most `limit` bytes (for compressing it), or None."""
@@ -120,53 +163,77 @@ class FileCache:
             return None
         return _read_exact(entry)
 
-    # -- loading ------------------------------------------------------------------------------
+    # -- loading (blocking: worker threads, several at once) ---------------------------------------
 
     def _load(self, path: str, root: Path, old: FileEntry | None) -> FileEntry | None:
-        for _ in range(3):
+        """Look at `path` on disk and keep what is there; see the class docstring."""
+        for look in range(LOOKS):
+            last = look == LOOKS - 1
+            generation = self._generation
             try:
-                st = os.stat(path)
-            except (OSError, ValueError):
+                st: os.stat_result | None = os.stat(path)
+            except ValueError:
                 return None
-            if not stat.S_ISREG(st.st_mode):
-                return None
+            except OSError:
+                st = None
             real = os.path.realpath(path)
+            if st is None or not stat.S_ISREG(st.st_mode):
+                # No file here: known as such only while watched (a file made here is reported).
+                folder = st is not None and stat.S_ISDIR(st.st_mode) and within(real, root)
+                watched = self._watch(path, real, root) and _unchanged(path, st)
+                with self._lock:
+                    if self._generation != generation and not last:
+                        continue
+                    self._forget(path)
+                    if watched and self._generation == generation:
+                        self._absent[path] = folder
+                        while len(self._absent) > MAX_ABSENT:
+                            del self._absent[next(iter(self._absent))]
+                return None
             if not within(real, root) or not _same_file(real, st):
+                with self._lock:
+                    self._forget(path)
                 return None
             watched = self._watch(path, real, root)
             # A change made before the watch began is reported to no one: look again after it.
-            if not watched or _unchanged(path, st):
-                break
-        else:
-            watched = False  # changing as we look: trusted only for REVALIDATE seconds
-        now = time.monotonic()
-        if old is not None and (old.size, old.mtime_ns, old.dev, old.ino) == (
-                st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino):
-            old.checked = now
-            old.watched = watched
-            self._attach_siblings(old, root)  # unwatched until now: they may have come, gone or changed
-            return old
-        self._forget(path)
-        entry = FileEntry(path, real, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, now, None)
-        if st.st_size <= SMALL_FILE and self._cached_bytes + st.st_size <= CACHE_BYTES:
+            if watched and not _unchanged(path, st):
+                if not last:
+                    continue
+                watched = False  # changing as we look: trusted only for REVALIDATE seconds
+            same = old is not None and (old.size, old.mtime_ns, old.dev, old.ino) == (
+                st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+            entry = old if same and old is not None else self._read(path, real, st, old)
+            # Unwatched until now, an old entry's siblings may have come, gone or changed.
+            siblings = self._siblings(entry, root)
+            with self._lock:
+                if self._generation != generation:
+                    if not last:
+                        continue  # a change reported while looking: what was seen may be older
+                    watched = False
+                entry.checked, entry.watched, entry.siblings = time.monotonic(), watched, siblings
+                self._install(entry)
+            return entry
+        raise AssertionError("unreachable: the last look returns")
+
+    def _read(self, path: str, real: str, st: os.stat_result, old: FileEntry | None) -> FileEntry:
+        """A new entry, with the contents of a small file while the byte budget allows (checked
+        without the lock: loads in several threads at once may overshoot it by a file each)."""
+        entry = FileEntry(path, real, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, 0.0, None)
+        budget = CACHE_BYTES - self._cached_bytes + (len(old.data) if old and old.data else 0)
+        if st.st_size <= SMALL_FILE and st.st_size <= budget:
             entry.data = _read_exact(entry)
-            self._cached_bytes += len(entry.data or b"")
-        self._attach_siblings(entry, root)
-        entry.watched = watched
-        self._entries[path] = entry
-        self._by_real.setdefault(real, set()).add(path)
         return entry
 
-    def _attach_siblings(self, entry: FileEntry, root: Path) -> None:
-        """Look up the precompressed versions beside a file (not beside a sibling itself)."""
+    def _siblings(self, entry: FileEntry, root: Path) -> dict[str, FileEntry]:
+        """The precompressed versions beside a file (none beside a sibling itself)."""
         if entry.path.endswith(tuple(SIBLINGS.values())):
-            return
+            return {}
         siblings = {}
         for coding, suffix in SIBLINGS.items():
             sibling = self.get(entry.path + suffix, root)
             if sibling is not None:
                 siblings[coding] = sibling
-        entry.siblings = siblings
+        return siblings
 
     def _watch(self, path: str, real: str, root: Path) -> bool:
         """Watch the folders of `path` and of its real path, and every folder above them up to
@@ -177,7 +244,19 @@ class FileCache:
                    *_folders_up_to(os.path.dirname(real), root)}
         return all(self.watch(folder) for folder in sorted(folders))
 
+    def _install(self, entry: FileEntry) -> None:
+        """Keep `entry` as what its path holds (under `_lock`)."""
+        if self._entries.get(entry.path) is entry:
+            return
+        self._forget(entry.path)
+        self._absent.pop(entry.path, None)
+        self._entries[entry.path] = entry
+        if entry.data is not None:
+            self._cached_bytes += len(entry.data)
+        self._by_real.setdefault(entry.real, set()).add(entry.path)
+
     def _forget(self, path: str) -> None:
+        """Drop the entry of `path` (under `_lock`)."""
         old = self._entries.pop(path, None)
         if old is None:
             return
@@ -205,13 +284,14 @@ def _folders_up_to(folder: str, root: Path) -> list[str]:
     return out
 
 
-def _unchanged(path: str, st: os.stat_result) -> bool:
-    """Whether `path` is still the file, of the same size and time, that `st` describes."""
+def _unchanged(path: str, st: os.stat_result | None) -> bool:
+    """Whether `path` is still the file, of the same size and time, that `st` describes (still
+    nothing, for None)."""
     try:
         now = os.stat(path)
-    except OSError:
-        return False
-    return (now.st_size, now.st_mtime_ns, now.st_dev, now.st_ino) == (
+    except (OSError, ValueError):
+        return st is None
+    return st is not None and (now.st_size, now.st_mtime_ns, now.st_dev, now.st_ino) == (
         st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
 
 

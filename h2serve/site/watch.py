@@ -4,6 +4,11 @@ The cache trusts an entry only while the folders holding it are watched here, so
 no system call per request and an edit is seen as soon as the kernel reports it. Where inotify is
 missing, or a watch cannot be added (the per-user limit), `add` says False and the cache falls back
 to checking with `stat` once a second.
+
+Events are read and handled on the event loop; `add` may be called from worker threads too (the
+cache's loads), several at once. Its system calls run outside the lock, which guards only the two
+maps; a watch added while the loop handled a move or an overflow (which may have left its path
+leading elsewhere) is added again.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import ctypes.util
 import logging
 import os
 import struct
+import threading
 from collections.abc import Callable
 
 log = logging.getLogger("h2serve")
@@ -48,6 +54,8 @@ class Watcher:
         self.on_overflow = on_overflow
         self._folders: dict[str, int] = {}
         self._by_wd: dict[int, str] = {}
+        self._lock = threading.Lock()  # over changes to _folders and _by_wd, never a system call
+        self._epoch = 0                # bumped whenever watches are dropped (a folder moved, overflow)
         self._fd = -1
         self._libc: ctypes.CDLL | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,29 +75,45 @@ class Watcher:
         return True
 
     def add(self, folder: str) -> bool:
-        """Watch `folder`; True if changes in it will be reported."""
-        if folder in self._folders:
-            return True
-        if self._libc is None or len(self._folders) >= MAX_WATCHES:
-            return False
-        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(folder), MASK)
-        if wd < 0:
-            return False
-        self._folders[folder] = wd
-        # One folder may be reached by several paths (a symlinked alias): the kernel gives them one
-        # watch. Its events name the real path, which the cache maps to every alias of a file.
-        self._by_wd[wd] = os.path.realpath(folder)
-        return True
+        """Watch `folder`; True if changes in it will be reported. Any thread may call it (the
+        first call for a folder makes system calls; later ones are a dict lookup)."""
+        for _ in range(3):
+            if folder in self._folders:
+                return True
+            libc, fd, epoch = self._libc, self._fd, self._epoch
+            if libc is None or fd < 0 or len(self._folders) >= MAX_WATCHES:
+                return False
+            wd = libc.inotify_add_watch(fd, os.fsencode(folder), MASK)
+            if wd < 0:
+                return False
+            # One folder may be reached by several paths (a symlinked alias): the kernel gives them
+            # one watch. Its events name the real path, which the cache maps to every alias of a file.
+            real = os.path.realpath(folder)
+            with self._lock:
+                if self._fd != fd:
+                    return False  # closed meanwhile
+                if self._epoch == epoch:
+                    self._folders[folder] = wd
+                    self._by_wd[wd] = real
+                    return True
+                # Watches were dropped meanwhile (a folder moved, an overflow): `folder` may lead
+                # elsewhere now, and `real` be wrong. Watch whatever is there now.
+                orphan = wd not in self._by_wd
+            if orphan:
+                libc.inotify_rm_watch(fd, wd)  # known to no one: not worth a kernel watch
+        return False
 
     def close(self) -> None:
-        if self._fd >= 0:
+        with self._lock:
+            fd, self._fd = self._fd, -1
+            self._epoch += 1
+            self._folders.clear()
+            self._by_wd.clear()
+        if fd >= 0:
             if self._loop is not None:
                 with contextlib.suppress(Exception):
-                    self._loop.remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = -1
-        self._folders.clear()
-        self._by_wd.clear()
+                    self._loop.remove_reader(fd)
+            os.close(fd)
 
     def drain(self) -> None:
         """Handle every change already reported, now.
@@ -123,8 +147,12 @@ class Watcher:
     def _event(self, wd: int, mask: int, name: str) -> None:
         if mask & IN_Q_OVERFLOW:
             # Events were lost, moves of folders perhaps: no watch can be trusted to name its path.
-            self._unwatch(list(self._by_wd))
-            self._folders.clear()
+            with self._lock:
+                self._epoch += 1
+                gone = list(self._by_wd)
+                self._by_wd.clear()
+                self._folders.clear()
+            self._unwatch(gone)
             self.on_overflow()
             return
         folder = self._by_wd.get(wd)
@@ -146,14 +174,18 @@ class Watcher:
         """Stop trusting the watches of `folder` and of every folder below it (by real path, and
         by any path that led to them): the next `add` for those paths watches what is there now."""
         prefix = folder.rstrip(os.sep) + os.sep
-        gone = [wd for wd, real in self._by_wd.items() if real == folder or real.startswith(prefix)]
-        for path in [p for p, wd in self._folders.items()
-                     if wd in gone or p == folder or p.startswith(prefix)]:
-            del self._folders[path]
+        with self._lock:
+            self._epoch += 1
+            gone = [wd for wd, real in self._by_wd.items() if real == folder or real.startswith(prefix)]
+            for path in [p for p, wd in self._folders.items()
+                         if wd in gone or p == folder or p.startswith(prefix)]:
+                del self._folders[path]
+            for wd in gone:
+                del self._by_wd[wd]
         self._unwatch(gone)
 
     def _unwatch(self, wds: list[int]) -> None:
+        """Remove the kernel's watches (already out of the maps)."""
         for wd in wds:
-            self._by_wd.pop(wd, None)
             if self._libc is not None and self._fd >= 0:
                 self._libc.inotify_rm_watch(self._fd, wd)  # fails harmlessly if already gone
