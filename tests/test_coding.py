@@ -8,16 +8,23 @@ httpx decodes content codings by itself, so the coded bytes are read with `clien
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import brotli
 import httpx
 import pytest
-from conftest import STATIC, RunningServer, ServerProcess
+from conftest import STATIC, RunningServer, ServerProcess, wait_for
+
+from h2serve.site import coding as codings
+from h2serve.site.blocking import WouldBlock
+from h2serve.site.coding import MAX_COMPRESSIONS, CompressionCache
 
 PROTOCOLS = ["h2", "http/1.1"]
 HTTPX_VERSION = {"h2": "HTTP/2", "http/1.1": "HTTP/1.1"}
@@ -334,3 +341,92 @@ def test_compressed_cache_follows_edits(site: Path, make_server: Callable[..., R
             assert DECODE[coding](body) == content, (i, coding)
             etags.add(r.headers["etag"])
     assert len(etags) == 10
+
+
+# -- compressing off the loop: bounded, once per version -------------------------------------------------
+
+class Gate:
+    """Stands for `coding.compress`: counts the calls and those running, and holds each one until
+    `release()`."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bytes, str]] = []
+        self.running = 0
+        self.most = 0
+        self.entered = threading.Semaphore(0)
+        self._open = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, data: bytes, coding: str) -> bytes:
+        with self._lock:
+            self.calls.append((data, coding))
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.entered.release()
+        assert self._open.wait(10)
+        with self._lock:
+            self.running -= 1
+        return gzip.compress(data, mtime=0)
+
+    def release(self) -> None:
+        self._open.set()
+
+
+def test_uncached_compression_would_block() -> None:
+    cache = CompressionCache()
+    with pytest.raises(WouldBlock) as raised:
+        cache.get("/a.css", '"1-1"', "gzip", lambda: CSS, block=False)
+    assert raised.value.kind == "cpu"
+    out = cache.get("/a.css", '"1-1"', "gzip", lambda: CSS)
+    assert cache.get("/a.css", '"1-1"', "gzip", lambda: None, block=False) is out
+    assert gzip.decompress(out) == CSS
+
+
+def test_same_version_compressed_once_by_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second thread asking for bytes being compressed waits for them: one compression."""
+    gate = Gate()
+    monkeypatch.setattr(codings, "compress", gate)
+    waiting = threading.Event()
+
+    class Pending(codings._Pending):  # to see the second thread start waiting
+        def __init__(self) -> None:
+            super().__init__()
+            self.done = WaitSpy(waiting)
+
+    monkeypatch.setattr(codings, "_Pending", Pending)
+    cache = CompressionCache()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(cache.get, "/a.css", '"1-1"', "gzip", lambda: CSS)
+        assert gate.entered.acquire(timeout=10)
+        second = pool.submit(cache.get, "/a.css", '"1-1"', "gzip", lambda: CSS)
+        assert waiting.wait(10)  # the second is waiting for the first's result
+        gate.release()
+        assert first.result(10) is second.result(10)
+    assert len(gate.calls) == 1
+
+
+class WaitSpy(threading.Event):
+    def __init__(self, waiting: threading.Event) -> None:
+        super().__init__()
+        self.waiting = waiting
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
+def test_compressions_beyond_the_bound_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two at most at once (the bound given): the third waits for a turn, then runs."""
+    gate = Gate()
+    monkeypatch.setattr(codings, "compress", gate)
+    cache = CompressionCache(concurrency=2)
+    turns = cache._turns._cond  # its waiters: the threads waiting for a turn
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(cache.get, f"/{i}.css", '"1-1"', "gzip", lambda: CSS) for i in range(3)]
+        assert gate.entered.acquire(timeout=10) and gate.entered.acquire(timeout=10)
+        wait_for(lambda: len(turns._waiters) == 1, timeout=10)
+        assert (len(gate.calls), gate.running) == (2, 2)
+        gate.release()
+        assert [gzip.decompress(f.result(10)) for f in futures] == [CSS] * 3
+    assert (len(gate.calls), gate.most) == (3, 2)
+    assert (os.cpu_count() or 2) == MAX_COMPRESSIONS

@@ -6,13 +6,21 @@ file compressed here, on the fly, for compressible types between `MIN_SIZE` and 
 bytes are kept in a bounded LRU cache keyed by (path, validator, coding), so each version of a file
 is compressed once. On-the-fly codings are not offered for range requests: the client then gets
 the identity bytes its ranges refer to.
+
+Compressing is CPU work, done off the event loop (`get(..., block=False)` raises WouldBlock("cpu")
+instead): at most `MAX_COMPRESSIONS` at once, whatever the threads asking, and one version of a file
+in one coding is compressed once, however many threads ask for it at the same time.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
+
+from .blocking import WouldBlock
 
 try:
     import brotli  # the optional `brotli` extra
@@ -26,6 +34,9 @@ ON_THE_FLY = ("br", "gzip") if brotli is not None else ("gzip",)
 MIN_SIZE = 1024                 # smaller files gain too little to be worth a coding
 MAX_SIZE = 1024 * 1024          # larger ones are compressed ahead of time (siblings), not here
 CACHE_BYTES = 32 * 1024 * 1024  # compressed bytes kept in memory
+# Compressions running at once: one per CPU (each holds one for up to ~20 ms at MAX_SIZE; more
+# would only queue in the CPU), 2 where the count is unknown. Others wait for a turn, in a thread.
+MAX_COMPRESSIONS = os.cpu_count() or 2
 COMPRESSIBLE_PREFIXES = (b"text/", b"application/json", b"application/javascript",
                          b"application/xml", b"application/manifest+json", b"image/svg+xml",
                          b"application/wasm", b"font/ttf", b"font/otf", b"image/x-icon",
@@ -88,29 +99,76 @@ def compress(data: bytes, coding: str) -> bytes:
 
 
 class CompressionCache:
-    """Compressed bytes by (path, validator, coding), least recently used evicted first."""
+    """Compressed bytes by (path, validator, coding), least recently used evicted first.
 
-    def __init__(self, limit: int = CACHE_BYTES) -> None:
+    A hit takes no lock (a dict lookup); inserting and evicting take `_lock`, never held while
+    compressing or reading. `concurrency` bounds the compressions running at once; a second thread
+    asking for bytes being compressed waits for them instead of compressing them again."""
+
+    def __init__(self, limit: int = CACHE_BYTES, concurrency: int = MAX_COMPRESSIONS) -> None:
         self.limit = limit
         self.size = 0
         self._items: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self._turns = threading.BoundedSemaphore(concurrency)
+        self._pending: dict[tuple[str, str, str], _Pending] = {}
 
-    def get(self, path: str, etag: str, coding: str,
-            source: Callable[[], bytes | None]) -> bytes | None:
+    def get(self, path: str, etag: str, coding: str, source: Callable[[], bytes | None], *,
+            block: bool = True) -> bytes | None:
         """The compressed bytes of one file version; `source()` (the file's contents, or None if
-        they cannot be had) is called only when they are not cached yet."""
+        they cannot be had) is called only when they are not cached yet. `block=False` answers
+        only from the cache, and raises WouldBlock("cpu") where it would compress."""
         key = (path, etag, coding)
         found = self._items.get(key)
         if found is not None:
-            self._items.move_to_end(key)
+            try:
+                self._items.move_to_end(key)
+            except KeyError:  # evicted by another thread just now: still the right bytes
+                return found
             return found
+        if not block:
+            raise WouldBlock("cpu")
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                return found
+            pending = self._pending.get(key)
+            first = pending is None
+            if pending is None:
+                pending = self._pending[key] = _Pending()
+        if not first:
+            pending.done.wait()
+            return pending.result
+        try:
+            pending.result = self._make(key, coding, source)
+        finally:
+            with self._lock:
+                del self._pending[key]
+            pending.done.set()
+        return pending.result
+
+    def _make(self, key: tuple[str, str, str], coding: str,
+              source: Callable[[], bytes | None]) -> bytes | None:
         data = source()
         if data is None:
             return None
-        out = compress(data, coding)
-        self._items[key] = out
-        self.size += len(out)
-        while self.size > self.limit and self._items:
-            _, dropped = self._items.popitem(last=False)
-            self.size -= len(dropped)
+        with self._turns:
+            out = compress(data, coding)
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = out
+                self.size += len(out)
+            while self.size > self.limit and self._items:
+                _, dropped = self._items.popitem(last=False)
+                self.size -= len(dropped)
         return out
+
+
+class _Pending:
+    """A compression under way, for the threads that wait for its result."""
+
+    __slots__ = ("done", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: bytes | None = None
