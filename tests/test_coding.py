@@ -25,6 +25,8 @@ from conftest import STATIC, RunningServer, ServerProcess, wait_for
 from h2serve.site import coding as codings
 from h2serve.site.blocking import WouldBlock
 from h2serve.site.coding import MAX_COMPRESSIONS, CompressionCache
+from h2serve.site.handler import Site
+from h2serve.site.workpool import WorkPool
 
 PROTOCOLS = ["h2", "http/1.1"]
 HTTPX_VERSION = {"h2": "HTTP/2", "http/1.1": "HTTP/1.1"}
@@ -430,3 +432,25 @@ def test_compressions_beyond_the_bound_wait(monkeypatch: pytest.MonkeyPatch) -> 
         assert [gzip.decompress(f.result(10)) for f in futures] == [CSS] * 3
     assert (len(gate.calls), gate.most) == (3, 2)
     assert (os.cpu_count() or 2) == MAX_COMPRESSIONS
+
+
+def test_compression_waiting_does_not_hold_up_file_loads(site: Path) -> None:
+    """Every compression turn taken: a file load in an "io" worker thread still answers at once."""
+    s = Site.from_folders(root=None, templates=str(site / "templates"), static=str(site / "static"))
+    s.compressed = CompressionCache(concurrency=1)
+    gate = Gate()
+    pool = WorkPool(io_threads=2, cpu_threads=2)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(codings, "compress", gate)
+            s.respond("GET", CSS_PATH.encode(), block=True)
+            stuck = pool.submit("cpu", lambda: s.respond("GET", CSS_PATH.encode(),
+                                                         [(b"accept-encoding", b"gzip")], block=True))
+            assert gate.entered.acquire(timeout=10)
+            page = pool.submit("io", lambda: s.respond("GET", b"/about", block=True))
+            assert page.result(10).status == 200 and not stuck.done()
+            gate.release()
+            assert stuck.result(10).status == 200
+    finally:
+        gate.release()
+        pool.shutdown(wait=True)

@@ -135,10 +135,14 @@ class Pusher:
         needs of the client, which costs more than most answers."""
         return bool(self.map.entries_for(page))
 
-    def plan(self, page: FileEntry, client: Client) -> PushPlan | None:
+    def plan(self, page: FileEntry, client: Client, *, block: bool = True) -> PushPlan | None:
         """The plan for a 200 answer to a GET (or HEAD) of `page`, or None when the map has nothing
         for it. A HEAD answer carries the Link headers a GET would (RFC 9110 section 9.3.2) but
-        gets no 103 and no pushes: nothing of the page is going to be used."""
+        gets no 103 and no pushes: nothing of the page is going to be used.
+
+        With `block=False` the resources to promise are looked up from memory only: WouldBlock("io")
+        if one is not loaded (nothing is changed by a plan that raises; ask again with block=True,
+        in a worker thread)."""
         entries = self.map.entries_for(page)
         if not entries:
             return None
@@ -149,13 +153,14 @@ class Pusher:
             plan.early_hints = full and (self.early_hints == "all" or (
                 self.early_hints == "h2" and client.protocol == "h2"))
         if (full and self.push and client.protocol == "h2" and client.push_slots > 0
-                and self._promise(plan, entries, client) == 0):
+                and self._promise(plan, entries, client, block) == 0):
             # Everything hinted is promised now or was pushed before: a 103 would tell the client
             # nothing, and cost it a header block to decode before the page's.
             plan.early_hints = False
         return plan
 
-    def _promise(self, plan: PushPlan, entries: tuple[PushEntry, ...], client: Client) -> int:
+    def _promise(self, plan: PushPlan, entries: tuple[PushEntry, ...], client: Client,
+                 block: bool = True) -> int:
         """Add the promises for `entries` within the client's push slots; how many entries the
         client still lacks (neither promised now, nor pushed before, nor in its push cookie)."""
         digest = self._digest(client)
@@ -167,7 +172,7 @@ class Pusher:
         for entry in entries:  # highest weight first
             if entry.path in client.already_pushed:
                 continue
-            file = self.site.lookup(split_target(entry.path.encode()))
+            file = self.site.lookup(split_target(entry.path.encode()), block=block)
             if file is None:
                 continue  # removed since the map was loaded
             key = PushDigest.key(entry.path, file.etag)

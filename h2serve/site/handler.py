@@ -10,6 +10,12 @@ Containment is decided twice, on purpose: the target is decoded and checked segm
 (no `.`/`..`, no encoded slash, backslash, NUL or control characters; no dotfiles unless asked),
 and the file finally opened must resolve, symlinks followed, to a place inside the root it was
 looked up in, and still be the very file (device and inode) that lookup vetted (`filecache.py`).
+
+Answering may block: a file not loaded yet (stat, realpath, a read, watches), a listing (scandir),
+compressing. The event loop asks with `block=False` and gets the answer only when everything it
+needs is in memory, else `WouldBlock("io")` or `WouldBlock("cpu")`; it then asks again with
+`block=True` in a worker thread (`workpool.WorkPool`). Those calls may run in several threads at
+once, beside the loop's (`filecache.py` and `coding.py` say how that stays safe).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from urllib.parse import quote
 
 from ..config import Config, ConfigError, default_of
 from . import coding
+from .blocking import WouldBlock
 from .body import BytesBody, FileBody, Headers, Response, http_date
 from .conditional import UNSATISFIABLE, Validators, byte_range, evaluate
 from .filecache import FileCache, FileEntry, open_entry, within
@@ -109,8 +116,15 @@ class Site:
 
     # -- the handler -----------------------------------------------------------------------
 
-    def respond(self, method: str, target: bytes, headers: Headers | None = None) -> Response:
-        """Answer one request. Never raises for bad input: that is a 4xx answer."""
+    def respond(self, method: str, target: bytes, headers: Headers | None = None, *,
+                block: bool = True) -> Response:
+        """Answer one request. Never raises for bad input: that is a 4xx answer.
+
+        With `block=False` it answers only from memory and raises WouldBlock where it would touch
+        the disk or compress: "io" for a file or 404 page not loaded (or due for a check), a folder
+        not known, a listing, a file to read whole for compressing; "cpu" for compressing bytes in
+        memory. Opening a loaded, vetted file that is not kept in memory (open + fstat) is done
+        even then: it is what serving it from the loop costs anyway."""
         if method not in ("GET", "HEAD"):
             return self.error(405, method, extra=[(b"allow", ALLOW)])
         if len(target) > self.policy.max_target:
@@ -122,26 +136,29 @@ class Site:
         except BadTarget:
             return self.error(400, method)
         if not self.policy.dotfiles and _hidden(segments):
-            return self.error(404, method)
+            return self.error(404, method, block=block)
         consulted = _consulted(headers)
         for _ in range(2):  # a file replaced since its lookup was cached is looked up again, once
-            found = self.resolve(segments, target)
+            found = self.resolve(segments, target, block=block)
             if isinstance(found, Redirect):
                 return self.redirect(found.location, method)
             if isinstance(found, Listing):
+                if not block:
+                    raise WouldBlock("io")
                 return self.listing(found, target, method)
             if found is None:
                 break
-            response = self.file_response(found, method, consulted)
+            response = self.file_response(found, method, consulted, block=block)
             if response is not None:
                 return response
-        return self.error(404, method)
+        return self.error(404, method, block=block)
 
-    def file_response(self, entry: FileEntry, method: str,
-                      request: dict[bytes, bytes]) -> Response | None:
-        """The answer for a looked-up file; None if it is no longer the file `entry` describes."""
+    def file_response(self, entry: FileEntry, method: str, request: dict[bytes, bytes], *,
+                      block: bool = True) -> Response | None:
+        """The answer for a looked-up file; None if it is no longer the file `entry` describes.
+        `block=False`: see `respond`."""
         ctype, cache_control = self._kind(entry)
-        chosen, data, etag = self._representation(entry, ctype, request)
+        chosen, data, etag = self._representation(entry, ctype, request, block)
         source = entry.siblings.get(chosen, entry) if chosen is not None else entry
         if data is None:
             data = source.data
@@ -182,8 +199,8 @@ class Site:
             return None
         return Response(status, headers, FileBody(fd, start, size), entry)
 
-    def _representation(self, entry: FileEntry, ctype: bytes,
-                        request: dict[bytes, bytes]) -> tuple[str | None, bytes | None, str]:
+    def _representation(self, entry: FileEntry, ctype: bytes, request: dict[bytes, bytes],
+                        block: bool = True) -> tuple[str | None, bytes | None, str]:
         """(coding or None, bytes in memory or None, ETag) of what this client gets.
 
         Precompressed siblings serve any request; compressing here is offered only for
@@ -201,8 +218,12 @@ class Site:
             sibling = entry.siblings[chosen]
             return chosen, sibling.data, f'"{sibling.size:x}-{sibling.mtime_ns:x}-{chosen}"'
         # Files over SMALL_FILE are not in memory: read them only when not compressed yet.
-        data = self.compressed.get(entry.path, entry.etag, chosen,
-                                   lambda: self.cache.read_whole(entry, coding.MAX_SIZE))
+        try:
+            data = self.compressed.get(entry.path, entry.etag, chosen,
+                                       lambda: self.cache.read_whole(entry, coding.MAX_SIZE),
+                                       block=block)
+        except WouldBlock:
+            raise WouldBlock("cpu" if entry.data is not None else "io") from None
         if data is None:
             return None, entry.data, entry.etag
         return chosen, data, f'{entry.etag[:-1]}-{chosen}"'
@@ -250,11 +271,13 @@ class Site:
                    (b"server", self.server)]
         return Response(200, headers, None if method == "HEAD" else BytesBody(body))
 
-    def error(self, status: int, method: str, extra: Headers | None = None) -> Response:
-        """An error answer; 404 uses the site's own 404 page when it has one."""
+    def error(self, status: int, method: str, extra: Headers | None = None, *,
+              block: bool = True) -> Response:
+        """An error answer; 404 uses the site's own 404 page when it has one (WouldBlock("io")
+        with `block=False` while that page is not loaded)."""
         body = None
         if status == 404 and self.not_found_page is not None:
-            entry = self.cache.get(str(self.not_found_page), self.not_found_page.parent)
+            entry = self.cache.get(str(self.not_found_page), self.not_found_page.parent, block=block)
             if entry is not None and entry.data is not None:
                 body = entry.data
         if body is None:
@@ -266,13 +289,17 @@ class Site:
 
     # -- lookup ------------------------------------------------------------------------------
 
-    def lookup(self, segments: tuple[str, ...]) -> FileEntry | None:
-        """The file a decoded path names, or None. Only regular files inside a mount qualify."""
-        found = self.resolve(segments, b"")
+    def lookup(self, segments: tuple[str, ...], *, block: bool = True) -> FileEntry | None:
+        """The file a decoded path names, or None. Only regular files inside a mount qualify.
+        `block=False`: from memory only, else WouldBlock("io")."""
+        found = self.resolve(segments, b"", block=block)
         return found if isinstance(found, FileEntry) else None
 
-    def resolve(self, segments: tuple[str, ...], target: bytes) -> FileEntry | Redirect | Listing | None:
-        """What a decoded path names: a file, a folder to redirect to or list, or nothing."""
+    def resolve(self, segments: tuple[str, ...], target: bytes, *,
+                block: bool = True) -> FileEntry | Redirect | Listing | None:
+        """What a decoded path names: a file, a folder to redirect to or list, or nothing.
+        `block=False`: from memory only, else WouldBlock("io")."""
+        cache = self.cache
         for mount in self.mounts:
             n = len(mount.prefix)
             if segments[:n] != mount.prefix:
@@ -282,15 +309,16 @@ class Site:
                 return Redirect(_with_slash(target))  # /static is a folder too: /static/
             if not rest or rest[-1] == "":
                 folder = os.path.join(mount.root, *rest[:-1])
-                entry = self.cache.get(os.path.join(folder, "index.html"), mount.root)
-                if entry is None and self.policy.list_dirs and self.cache.is_dir(folder, mount.root):
+                entry = cache.get(os.path.join(folder, "index.html"), mount.root, block=block)
+                if (entry is None and self.policy.list_dirs
+                        and cache.is_dir(folder, mount.root, block=block)):
                     return Listing(folder, mount.root)
                 return entry
             path = os.path.join(mount.root, *rest)
-            entry = self.cache.get(path, mount.root)
+            entry = cache.get(path, mount.root, block=block)
             if entry is None and mount.pages and not os.path.splitext(rest[-1])[1]:
-                entry = self.cache.get(path + ".html", mount.root)
-            if entry is None and target and self.cache.is_dir(path, mount.root):
+                entry = cache.get(path + ".html", mount.root, block=block)
+            if entry is None and target and cache.is_dir(path, mount.root, block=block):
                 return Redirect(_with_slash(target))
             return entry
         return None
