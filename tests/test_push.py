@@ -552,6 +552,94 @@ def test_reload_option_picks_up_a_change_without_a_signal(spawn_server, tmp_path
         poll(lambda: client.get(url).headers.get_list("link") == [CSS_LINK, JS_LINK], timeout=3)
 
 
+def follow_push_map(running) -> tuple[asyncio.Task, list[float]]:
+    """Start the --reload task on a running server, with a polling interval no test outlives: a
+    reload seen is the file watcher's doing. Returns the task and the times of the reloads."""
+    server = running.server
+    reloads: list[float] = []
+    reload = server.reload_push_map
+
+    def counted() -> bool:
+        reloads.append(time.monotonic())
+        return reload()
+
+    server.reload_push_map = counted
+
+    async def start() -> asyncio.Task:
+        return asyncio.ensure_future(server.watch_push_map(interval=3600))
+
+    return running.call(start()), reloads
+
+
+def test_reload_follows_the_manifest_by_inotify(make_server, tmp_path, verify):
+    """--reload with inotify: the manifest's folder is watched; edits to the manifest (three
+    writes at once, as an editor saves) reload the map once, shortly after; other files in its
+    folder reload nothing."""
+    manifest = tmp_path / "push.json"
+    manifest.write_text(flat_manifest("/static/css/site.css"))
+    running = make_server(push_manifest=str(manifest))
+    task, reloads = follow_push_map(running)
+    try:
+        poll(lambda: str(tmp_path.resolve()) in running.server._watcher._folders, timeout=5)
+        (tmp_path / "unrelated.txt").write_text("not a push map source\n")
+        for paths in (("/static/js/site.js",), ("/static/css/site.css",),
+                      ("/static/css/site.css", "/static/js/site.js")):
+            manifest.write_text(flat_manifest(*paths))
+        with httpx.Client(verify=verify) as client:
+            poll(lambda: client.get(running.url).headers.get_list("link") == [CSS_LINK, JS_LINK],
+                 timeout=5)
+        assert len(reloads) == 1
+    finally:
+        running.loop.call_soon_threadsafe(task.cancel)
+
+
+def test_reload_polls_where_no_file_watcher_runs(make_server, tmp_path, verify):
+    manifest = tmp_path / "push.json"
+    manifest.write_text(flat_manifest("/static/css/site.css"))
+    running = make_server(push_manifest=str(manifest))
+    watcher, running.server._watcher = running.server._watcher, None  # as where inotify is missing
+
+    async def start() -> asyncio.Task:
+        return asyncio.ensure_future(running.server.watch_push_map(interval=0.1))
+
+    task = running.call(start())
+    try:
+        with httpx.Client(verify=verify) as client:
+            assert client.get(running.url).headers.get_list("link") == [CSS_LINK]
+            # The polling starts from the times seen when it began: edit until one is noticed.
+            poll(lambda: manifest.write_text(flat_manifest("/static/css/site.css", "/static/js/site.js"))
+                 and client.get(running.url).headers.get_list("link") == [CSS_LINK, JS_LINK],
+                 timeout=5)
+    finally:
+        running.loop.call_soon_threadsafe(task.cancel)
+        running.server._watcher = watcher  # for stop() to close
+
+
+def test_reload_with_auto_push_follows_new_folders(make_server, site, verify):
+    """--reload --auto-push: every folder of the site is watched, and a folder made later too, so
+    a page created in it, then edited, changes the map each time."""
+    running = make_server(templates=str(site / "templates"), static=str(site / "static"),
+                          auto_push=True)
+    task, _ = follow_push_map(running)
+    folders = running.server._watcher._folders
+    try:
+        every = [d for root in ("templates", "static") for d, _, _ in os.walk(site.resolve() / root)]
+        poll(lambda: all(d in folders for d in every), timeout=5)
+        (site / "templates" / "blog").mkdir()
+        page = site / "templates" / "blog" / "post.html"
+        page.write_text('<link rel="stylesheet" href="/static/css/site.css">')
+        with httpx.Client(verify=verify) as client:
+            def links() -> list[str]:
+                return client.get(running.url + "/blog/post").headers.get_list("link")
+
+            poll(lambda: CSS_LINK in links(), timeout=5)
+            assert str(site.resolve() / "templates" / "blog") in folders
+            page.write_text('<script src="/static/js/site.js"></script>')
+            poll(lambda: links() == [JS_LINK], timeout=5)
+    finally:
+        running.loop.call_soon_threadsafe(task.cancel)
+
+
 def test_push_all_pages_applies_a_flat_manifest_to_every_page(make_server, tmp_path, ca_file):
     manifest = tmp_path / "flat.json"
     manifest.write_text(flat_manifest("/static/css/site.css", "/static/js/site.js"))

@@ -47,11 +47,13 @@ MAX_WATCHES = 8192             # our own bound, well under the usual kernel limi
 
 class Watcher:
     """Watches folders and reports each changed path to `on_change`; `on_overflow` when events
-    were lost (the caller must then forget everything)."""
+    were lost (the caller must then forget everything). Listeners added with `subscribe` hear of
+    every change too."""
 
     def __init__(self, on_change: Callable[[str], None], on_overflow: Callable[[], None]) -> None:
         self.on_change = on_change
         self.on_overflow = on_overflow
+        self._listeners: list[Callable[[str, bool], None]] = []
         self._folders: dict[str, int] = {}
         self._by_wd: dict[int, str] = {}
         self._lock = threading.Lock()  # over changes to _folders and _by_wd, never a system call
@@ -73,6 +75,13 @@ class Watcher:
         self._libc, self._fd, self._loop = libc, fd, loop
         loop.add_reader(fd, self._read)
         return True
+
+    def subscribe(self, listener: Callable[[str, bool], None]) -> Callable[[], None]:
+        """Also call `listener(path, folder)` for every change, after `on_change`: `folder` when
+        the path is (or was) a folder, whose contents may all have changed; `("/", True)` when
+        events were lost. Returns the function that unsubscribes."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     def add(self, folder: str) -> bool:
         """Watch `folder`; True if changes in it will be reported. Any thread may call it (the
@@ -134,7 +143,7 @@ class Watcher:
         except OSError as e:
             log.warning("file watcher failed (%s); checking files by time instead", e)
             self.close()
-            self.on_overflow()
+            self._lost()
             return False
         offset = 0
         while offset + EVENT.size <= len(data):
@@ -153,7 +162,7 @@ class Watcher:
                 self._by_wd.clear()
                 self._folders.clear()
             self._unwatch(gone)
-            self.on_overflow()
+            self._lost()
             return
         folder = self._by_wd.get(wd)
         if folder is None:
@@ -161,14 +170,24 @@ class Watcher:
         if mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED):
             # The folder itself went away: whatever was below it is unknown now.
             self._forget_below(folder)
-            self.on_change(folder)
+            self._report(folder, True)
             return
         path = os.path.join(folder, name) if name else folder
         if mask & IN_ISDIR and name:
             # A subfolder created, deleted or moved: the paths at and below it may now lead to
             # other folders than the ones watched under those names.
             self._forget_below(path)
+        self._report(path, bool(mask & IN_ISDIR))
+
+    def _report(self, path: str, folder: bool) -> None:
         self.on_change(path)
+        for listener in list(self._listeners):
+            listener(path, folder)
+
+    def _lost(self) -> None:
+        self.on_overflow()
+        for listener in list(self._listeners):
+            listener(os.sep, True)
 
     def _forget_below(self, folder: str) -> None:
         """Stop trusting the watches of `folder` and of every folder below it (by real path, and
