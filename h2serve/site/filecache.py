@@ -16,10 +16,12 @@ watcher's reports (`changed`, `clear`); see `FileCache` for how that stays consi
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -32,6 +34,7 @@ CACHE_BYTES = 64 * 1024 * 1024  # total bytes of small files kept
 REVALIDATE = 1.0                # seconds an unwatched entry is trusted before looking again
 SIBLINGS = {"br": ".br", "zstd": ".zst", "gzip": ".gz"}  # precompressed versions beside a file
 LOOKS = 3                       # looks at a file that changes while loaded, before it is kept untrusted
+RECENT = 256                    # changes remembered, for a load to tell which concern its file
 MAX_ABSENT = 16384              # paths known (while watched) to hold no file to serve
 
 
@@ -76,9 +79,11 @@ class FileCache:
     while the event loop answers from memory (`block=False`) and calls `changed`/`clear`/`catch_up`.
     Reads take no lock (a dict lookup, atomic in CPython); every change to the maps is made under
     `_lock`, held for a few dict operations and never over a system call, so the loop never waits
-    behind a thread's disk I/O. `changed` and `clear` bump `_generation`: a load that sees it moved
-    while it was looking may hold what was there before the change, so it looks again (`LOOKS` looks
-    at most, then keeps what it saw untrusted: checked again after `REVALIDATE` seconds). Two
+    behind a thread's disk I/O. `changed` and `clear` bump `_generation` (and note the path in
+    `_recent`): a load that sees a change reported while it was looking, to its file or a folder
+    above it, may hold what was there before, so it looks again (`LOOKS` looks at most, then keeps
+    what it saw untrusted: checked again after `REVALIDATE` seconds). Changes elsewhere, a log
+    written in the site say, do not concern it (beyond the last `RECENT` changes, all do). Two
     threads loading one path both keep a right entry; the later one stays."""
 
     def __init__(self) -> None:
@@ -92,6 +97,7 @@ class FileCache:
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self._generation = 0  # bumped by every change reported
+        self._recent: deque[str] = deque(maxlen=RECENT)  # the paths of the last changes reported
         self.watch: Callable[[str], bool] | None = None
         self.sync: Callable[[], None] | None = None
 
@@ -141,6 +147,7 @@ class FileCache:
         prefix = path.rstrip(os.sep) + os.sep
         with self._lock:
             self._generation += 1
+            self._recent.append(path)
             self._absent.clear()
             stale = [p for n in named for p in (n, *self._by_real.get(n, ()))]  # by path and real path
             stale += [p for p, e in self._entries.items()
@@ -151,6 +158,7 @@ class FileCache:
     def clear(self) -> None:
         with self._lock:
             self._generation += 1
+            self._recent.append(os.sep)  # everything
             self._absent.clear()
             for p in list(self._entries):
                 self._forget(p)
@@ -182,10 +190,11 @@ class FileCache:
                 folder = st is not None and stat.S_ISDIR(st.st_mode) and within(real, root)
                 watched = self._watch(path, real, root) and _unchanged(path, st)
                 with self._lock:
-                    if self._generation != generation and not last:
+                    moved = self._moved(generation, path, real)
+                    if moved and not last:
                         continue
                     self._forget(path)
-                    if watched and self._generation == generation:
+                    if watched and not moved:
                         self._absent[path] = folder
                         while len(self._absent) > MAX_ABSENT:
                             del self._absent[next(iter(self._absent))]
@@ -206,7 +215,7 @@ class FileCache:
             # Unwatched until now, an old entry's siblings may have come, gone or changed.
             siblings = self._siblings(entry, root)
             with self._lock:
-                if self._generation != generation:
+                if self._moved(generation, path, real):
                     if not last:
                         continue  # a change reported while looking: what was seen may be older
                     watched = False
@@ -214,6 +223,20 @@ class FileCache:
                 self._install(entry)
             return entry
         raise AssertionError("unreachable: the last look returns")
+
+    def _moved(self, generation: int, path: str, real: str) -> bool:
+        """Whether a change reported since `generation` may concern `path` (real path `real`): the
+        file itself, a sibling of it, a folder above it (under `_lock`)."""
+        since = self._generation - generation
+        if since == 0:
+            return False
+        if since > len(self._recent):
+            return True
+        for changed in itertools.islice(reversed(self._recent), since):
+            folder = changed.rstrip(os.sep) + os.sep
+            if changed.startswith((path, real)) or path.startswith(folder) or real.startswith(folder):
+                return True
+        return False
 
     def _read(self, path: str, real: str, st: os.stat_result, old: FileEntry | None) -> FileEntry:
         """A new entry, with the contents of a small file while the byte budget allows (checked
