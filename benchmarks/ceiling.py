@@ -8,7 +8,7 @@ side takes the bytes (`receive_data`), answers each RequestReceived with a 200 (
 the headers h2serve sends for a 1 KiB file, then `send_data` of 1 KiB with END_STREAM) and collects
 its output (`data_to_send`). Only that server side is timed; the client's work is not.
 
-The server connection uses h2serve's own `H2Configuration` and SETTINGS (http2.py), so this is the
+The server connection uses h2serve's own `H2Configuration` and SETTINGS (proto/compat.py), so this is the
 ceiling for the configuration the server actually runs: any server built on h2 in this process,
 spending nothing at all on I/O, files or logging, answers at most this many requests per second
 per core. Two request shapes: h2load's minimal headers, and the headers a browser sends.
@@ -17,11 +17,11 @@ per core. Two request shapes: h2load's minimal headers, and the headers a browse
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,9 @@ from h2.settings import SettingCodes, Settings
 
 from h2serve.accesslog import AccessLog
 from h2serve.config import Config
-from h2serve.http2 import H2_CONFIG, H2Protocol
-from h2serve.protocol import Shared
+from h2serve.proto.compat import H2_CONFIG
+from h2serve.proto.exchange import Services
+from h2serve.proto.h2engine import H2Engine
 from h2serve.push.plan import Pusher
 from h2serve.site.handler import Site
 
@@ -118,30 +119,27 @@ def measure(request: list[tuple[bytes, bytes]], requests: int) -> float:
     return spent / done
 
 
-class _MemoryTransport(asyncio.Transport):
-    """Just enough of an asyncio transport for `H2Protocol`: what it writes is kept for the client."""
+class _MemoryHost:
+    """The engine's `Host` with no event loop: blocking work runs at once (the file is warm after
+    the first request anyway), and output is pulled after each batch."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.out: list[bytes] = []
+    def now(self) -> float:
+        return time.monotonic()
 
-    def write(self, data: bytes) -> None:
-        self.out.append(data)
+    def defer(self, kind: str, work: Callable[[], None],
+              done: Callable[[BaseException | None], None]) -> None:
+        try:
+            work()
+        except Exception as e:
+            done(e)
+        else:
+            done(None)
 
-    def set_write_buffer_limits(self, high: int) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 40000) if name == "peername" else None
-
-    def close(self) -> None:
+    def wake(self) -> None:
         pass
 
 
-def _shared(folder: Path) -> Shared:
+def _services(folder: Path) -> Services:
     """h2serve's own site, push planner and access log (logging off) over a folder with 1k.bin."""
     (folder / "1k.bin").write_bytes(BODY)
     for name in ("static/img",):
@@ -149,36 +147,36 @@ def _shared(folder: Path) -> Shared:
     (folder / "static/img/photo-1.png").write_bytes(BODY)
     cfg = Config(root=str(folder), access_log="off")
     site = Site.from_folders(root=cfg.root, templates=cfg.templates, static=cfg.static)
-    return Shared(cfg, site, AccessLog.open("off"), Pusher(site))
+    return Services(cfg, site, Pusher.from_config(cfg, site), AccessLog.open("off"))
 
 
-async def measure_h2serve(request: list[tuple[bytes, bytes]], requests: int) -> float:
-    """Like `measure`, but the server side is h2serve's `H2Protocol` (http2.py) with its site and
-    file cache: the server's whole per-request work except TLS, sockets and the event loop."""
+def measure_h2serve(request: list[tuple[bytes, bytes]], requests: int) -> float:
+    """Like `measure`, but the server side is h2serve's `H2Engine` (proto/h2engine.py) with its site
+    and file cache: the server's whole per-request work except TLS, sockets and the event loop."""
     with tempfile.TemporaryDirectory() as tmp:
-        shared = _shared(Path(tmp))
+        services = _services(Path(tmp))
+        host = _MemoryHost()
         spent, done = 0.0, 0
         while done < requests:
             client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
             client.initiate_connection()
             client.increment_flow_control_window(2**30)
-            transport = _MemoryTransport()
-            proto = H2Protocol(shared, tls=True)
-            proto.connection_made(transport)  # type: ignore[arg-type]
+            engine = H2Engine(services, host, tls=True, client="127.0.0.1")
+            engine.start()
             for _ in range(min(1000, requests - done) // BATCH):
                 for _ in range(BATCH):
                     client.send_headers(client.get_next_available_stream_id(), request, end_stream=True)
                 data = client.data_to_send()
                 t0 = time.thread_time()
-                proto.data_received(data)
+                engine.receive(data)
+                out = b"".join(iter(engine.output, b""))
                 spent += time.thread_time() - t0
-                out, transport.out = b"".join(transport.out), []
                 for event in client.receive_data(out):
                     length = getattr(event, "flow_controlled_length", 0)
                     if length:
                         client.acknowledge_received_data(length, event.stream_id)
                 done += BATCH
-            proto.connection_lost(None)
+            engine.connection_lost()
         return spent / done
 
 
@@ -188,8 +186,8 @@ def run(requests: int = 20000, runs: int = 5, server: bool = True) -> dict[str, 
     cases = [("minimal", MINIMAL, measure), ("browser", BROWSER, measure)]
     if server:
         cases += [
-            ("h2serve minimal", MINIMAL, lambda r, n: asyncio.run(measure_h2serve(r, n))),
-            ("h2serve browser", BROWSER, lambda r, n: asyncio.run(measure_h2serve(r, n))),
+            ("h2serve minimal", MINIMAL, measure_h2serve),
+            ("h2serve browser", BROWSER, measure_h2serve),
         ]
     for name, request, how in cases:
         per = sorted(how(request, requests) for _ in range(runs))

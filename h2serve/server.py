@@ -27,9 +27,10 @@ from pathlib import Path
 from . import __version__
 from .accesslog import AccessLog
 from .config import Config, ConfigError, parse_address
+from .net.adapter import Adapter, Registry
 from .net.listener import Acceptor, bind
 from .net.tls import event_loop_factory, make_ssl_context
-from .protocol import Dispatcher, Shared
+from .proto.exchange import Services
 from .push.manifest import (
     PushMap,
     default_manifest_path,
@@ -40,6 +41,7 @@ from .push.manifest import (
 from .push.plan import Pusher
 from .site.handler import Policy, Site
 from .site.watch import Watcher
+from .site.workpool import WorkPool
 
 log = logging.getLogger("h2serve")
 
@@ -71,7 +73,8 @@ class Server:
         them `start()` binds its own."""
         self.config = config
         self.listeners: list[Listener] = []
-        self.shared: Shared | None = None
+        self.services: Services | None = None
+        self.registry = Registry()
         self.ca_file: Path | None = None  # the dev CA, when serving a dev certificate
         self.push_map: PushMap | None = None  # what preflight() found, for describe()
         self._sockets = sockets
@@ -99,10 +102,9 @@ class Server:
             self._watcher = watcher
         ssl_ctx = self._ssl_context()
         access_log = self._access_log()
-        pusher = Pusher(site, push_map_for(cfg, site), push=cfg.push,
-                        preload_links=cfg.preload_links, early_hints=cfg.early_hints,
-                        cookie_name=cfg.push_cookie or None)
-        self.shared = Shared(cfg, site, access_log, pusher, room_made=self._room_made)
+        pusher = Pusher.from_config(cfg, site, push_map_for(cfg, site))
+        self.services = Services(cfg, site, pusher, access_log, WorkPool())
+        self.registry.room_made = self._room_made
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
         try:
             bound = self._sockets if self._sockets is not None else bind_all(cfg)
@@ -162,10 +164,10 @@ class Server:
         return str(certs.cert), str(certs.key)
 
     def _listen(self, addr: str, sockets: list[socket.socket], ssl_ctx: ssl.SSLContext | None) -> None:
-        assert self.shared is not None
-        shared, tls = self.shared, ssl_ctx is not None
+        assert self.services is not None
+        services, registry, tls = self.services, self.registry, ssl_ctx is not None
         for sock in sockets:
-            acceptor = Acceptor(sock, lambda: Dispatcher(shared, tls=tls), ssl_ctx,
+            acceptor = Acceptor(sock, lambda: Adapter(services, registry, tls=tls), ssl_ctx,
                                 self.config.handshake_timeout, self._room)
             acceptor.start()
             self._acceptors.append(acceptor)
@@ -173,9 +175,8 @@ class Server:
 
     def _room(self) -> bool:
         """Whether another connection may be accepted (handshakes under way count)."""
-        assert self.shared is not None
-        busy = len(self.shared.connections) + sum(a.handshakes for a in self._acceptors)
-        return busy < self.config.max_connections and not self.shared.closing
+        busy = len(self.registry.connections) + sum(a.handshakes for a in self._acceptors)
+        return busy < self.config.max_connections and not self.registry.closing
 
     def _room_made(self) -> None:
         for acceptor in self._acceptors:
@@ -184,22 +185,21 @@ class Server:
 
     def _sweep(self) -> None:
         """Once a second: let every connection enforce its timeouts (idle, slow headers, stalls)."""
-        assert self.shared is not None
         now = time.monotonic()
-        for conn in list(self.shared.connections):
+        for conn in list(self.registry.connections):
             conn.check(now)
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
 
     def reload_push_map(self) -> bool:
         """Read the push map again (SIGHUP, --reload); a broken one is reported and the old kept.
         It reads files: --reload calls it in a worker thread (the new map is one assignment)."""
-        assert self.shared is not None
+        assert self.services is not None
         try:
-            new = push_map_for(self.config, self.shared.site)
+            new = push_map_for(self.config, self.services.site)
         except ConfigError as e:
             log.error("push map not reloaded, keeping the old one: %s", e)
             return False
-        self.shared.pusher.map = new
+        self.services.pusher.map = new
         log.info("push map reloaded: %s", describe_map(new))
         return True
 
@@ -212,8 +212,8 @@ class Server:
         within the watcher's MAX_WATCHES). Where the watcher is not running, or cannot watch them
         all, their times are compared every `interval` seconds instead. The files are read, and
         the site walked, in worker threads."""
-        assert self.shared is not None
-        site = self.shared.site
+        assert self.services is not None
+        site = self.services.site
         if self._watcher is not None:
             await self._follow_push_map(self._watcher, site)
             log.info("--reload: cannot watch every folder the push map comes from; checking "
@@ -293,16 +293,18 @@ class Server:
         timeout = self.config.graceful_timeout if timeout is None else timeout
         for acceptor in self._acceptors:
             acceptor.close()
-        shared = self.shared
-        if shared is not None:
-            shared.closing = True
-            for conn in list(shared.connections):
+        registry = self.registry
+        if self.services is not None:
+            registry.closing = True
+            for conn in list(registry.connections):
                 conn.shutdown()
-            if shared.connections:
-                await _wait_any(shared.drained, force, timeout)
-            for conn in list(shared.connections):
+            if registry.connections:
+                await _wait_any(registry.drained, force, timeout)
+            for conn in list(registry.connections):
                 conn.abort()
-            shared.access_log.close()
+            self.services.access_log.close()
+            if self.services.work is not None:
+                self.services.work.shutdown()
         self._acceptors.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -319,7 +321,7 @@ class Server:
             protocols = ", ".join(cfg.alpn) if x.scheme == "https" else "h2c, http/1.1"
             seen.setdefault(x.url, protocols)
         where = "; ".join(f"{url} ({protocols})" for url, protocols in seen.items())
-        pmap = self.shared.pusher.map if self.shared else self.push_map
+        pmap = self.services.pusher.map if self.services else self.push_map
         pushes = describe_map(pmap) if pmap is not None else "no push map"
         line = f"h2serve {__version__} serving {what} on {where}; {pushes}"
         loop = loop or _running_loop_name()
@@ -422,7 +424,15 @@ async def serve(config: Config, sockets: Sockets | None = None,
     # Handlers first, then the startup line: whoever waits for that line may signal at once.
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-    loop.add_signal_handler(signal.SIGHUP, server.reload_push_map)
+    # SIGHUP reads the push map (and, with --auto-push, the pages) in a worker thread, off the loop.
+    reloads: set[asyncio.Future[bool]] = set()
+
+    def on_hup() -> None:
+        reload = asyncio.ensure_future(asyncio.to_thread(server.reload_push_map))
+        reloads.add(reload)
+        reload.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     watcher = asyncio.ensure_future(server.watch_push_map()) if config.reload else None
     if ready is not None:
         ready()

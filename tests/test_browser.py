@@ -27,8 +27,8 @@ import pytest
 from browser import Browser, BrowserError, Page, spki_hash
 from conftest import REPO, RunningServer
 
-from h2serve.http2 import H2Protocol
 from h2serve.net.certs import DevCerts
+from h2serve.proto.h2engine import H2Engine
 
 # What the demo index page loads: its push map lists exactly the stylesheet, script, font and images
 # that templates/index.html references.
@@ -278,11 +278,11 @@ def link_targets(headers: dict[str, str]) -> frozenset[str]:
 def spy_on_plans(server: RunningServer) -> list[dict[str, Any]]:
     """Record, for every answer that has a push plan (a page in the push map), the facts
     `Pusher.plan` was given and what it decided."""
-    pusher = server.server.shared.pusher
+    pusher = server.server.services.pusher
     plan, seen = pusher.plan, []
 
-    def recording(page: Any, client: Any) -> Any:
-        decided = plan(page, client)
+    def recording(page: Any, client: Any, *, block: bool = True) -> Any:
+        decided = plan(page, client, block=block)
         if decided is not None:  # None: an answer the map has nothing for (every asset)
             seen.append({"protocol": client.protocol, "push_slots": client.push_slots,
                          "promises": len(decided.promises), "early_hints": decided.early_hints})
@@ -296,8 +296,8 @@ def enable_push_settings(server: RunningServer) -> list[int]:
     """SETTINGS_ENABLE_PUSH as each open HTTP/2 connection's client set it (read on the server's
     own loop); h2 reports 1 when a client never sent the setting."""
     async def read() -> list[int]:
-        return [c.conn.remote_settings.enable_push for c in server.server.shared.connections
-                if isinstance(c, H2Protocol)]
+        return [c.engine.conn.remote_settings.enable_push for c in server.server.registry.connections
+                if isinstance(c.engine, H2Engine)]
     return server.call(read())
 
 

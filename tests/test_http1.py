@@ -197,7 +197,7 @@ def test_repeated_answers_reuse_a_head_and_keep_their_own_framing(server: Runnin
 
 
 def test_response_head_cache_is_bounded_and_still_validates() -> None:
-    from h2serve import http1
+    from h2serve.proto import h1engine as http1
 
     events = [http1._response_head(200, [(b"content-length", b"0"), (b"x-n", str(i).encode())])
               for i in range(3 * http1.HEADS_CACHED)]

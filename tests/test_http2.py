@@ -31,8 +31,8 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from h2serve.http2 import H2_CONFIG, _Connection
-from h2serve.proto.limits import FrameBudgets
+from h2serve.proto.compat import ServerConnection
+from h2serve.proto.hpackcache import CachedEncoder
 
 CURL_TIMEOUT = 30
 DATA, WINDOW_UPDATE, END_STREAM_FLAG = 0x0, 0x8, 0x1  # frame types and flag (RFC 9113 section 6)
@@ -273,6 +273,15 @@ def test_data_frames_grow_to_a_larger_peer_max_frame_size(make_server, big_file,
         assert client.flow_violations == []
 
 
+def warm(port: int, ca_file: str, *paths: str) -> None:
+    """HEAD each path once, so the server has the files loaded. A cold file is loaded in a worker
+    thread, and answers that come back from threads at different moments each go out on their own:
+    the tests of turn-taking want answers that are ready together."""
+    with H2Client.tls(port, ca_file) as client:
+        sids = [client.request(path, method="HEAD") for path in paths]
+        client.receive_until(lambda: all(client.responses[s].done for s in sids))
+
+
 def test_data_runs_are_cut_at_an_odd_max_frame_size_and_end_once(make_server, site, ca_file):
     """DATA goes out in runs (http2.py send_data_run): cut at the peer's SETTINGS_MAX_FRAME_SIZE
     whatever it is, END_STREAM on each stream's last frame only, streams taking turns."""
@@ -281,6 +290,7 @@ def test_data_runs_are_cut_at_an_odd_max_frame_size_and_end_once(make_server, si
         (site / path.removeprefix("/")).write_bytes(os.urandom(size))
     srv = make_server(templates=str(site / "templates"), static=str(site / "static"))
     settings = {SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24, SettingCodes.MAX_FRAME_SIZE: 20_000}
+    warm(srv.port, ca_file, *sizes)  # loaded: the three answers are ready in the same read
     with H2Client.tls(srv.port, ca_file, settings=settings, connection_window=1 << 26) as client:
         sids = {client.request(path, flush=False): path for path in sizes}
         client.flush()  # the three requests in one write: the server reads them together
@@ -304,6 +314,7 @@ def test_frames_queued_between_data_runs_keep_their_place(make_server, site, ca_
     (site / "static/run.bin").write_bytes(os.urandom(100_000))
     srv = make_server(templates=str(site / "templates"), static=str(site / "static"))
     settings = {SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20}
+    warm(srv.port, ca_file, "/static/run.bin", "/static/css/site.css")
     with H2Client.tls(srv.port, ca_file, settings=settings, connection_window=1 << 22) as client:
         big = client.request("/static/run.bin", flush=False)
         small = client.request("/static/css/site.css", flush=False)
@@ -353,14 +364,14 @@ def test_data_on_a_stream_both_ends_closed_is_a_connection_error(server, ca_file
     assert goaway.error_code == ErrorCodes.STREAM_CLOSED
 
 
-def memory_pair(**client_settings: int) -> tuple[H2Connection, _Connection]:
-    """A client H2Connection and the server's _Connection wired in memory, past the preface, with
+def memory_pair(**client_settings: int) -> tuple[H2Connection, ServerConnection]:
+    """A client H2Connection and the server's ServerConnection wired in memory, past the preface, with
     stream 1 a GET of /."""
     client = H2Connection(H2Configuration(client_side=True))
     client.initiate_connection()
     client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20, **client_settings})
     client.increment_flow_control_window(1 << 20)
-    server = _Connection(H2_CONFIG, FrameBudgets(), 65536)
+    server = ServerConnection(65536, CachedEncoder())
     server.initiate_connection()
     server.receive_data(client.data_to_send())
     client.receive_data(server.data_to_send())

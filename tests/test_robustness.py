@@ -514,13 +514,13 @@ def test_vanishing_clients_leave_nothing_behind(big_server, big_file, ca_file):
 def test_vanishing_clients_leave_no_task_connection_or_file_open(make_server, big_file, ca_file):
     """The same, in-process: no asyncio task, no connection object, no open file outlives them."""
     srv = make_server(**big_file.server_options())
-    shared = srv.server.shared
+    registry = srv.server.registry
     tasks_before = srv.call(_task_count())
     fds_before = len(os.listdir("/proc/self/fd"))
     for how in ("reset", "close", "half-close", "tls-garbage"):
         for sock, _ in _downloads(srv.port, ca_file, big_file.url_path, 4):
             _vanish(sock, how)
-    wait_for(lambda: not shared.connections, 5)
+    wait_for(lambda: not registry.connections, 5)
     wait_for(lambda: len(os.listdir("/proc/self/fd")) <= fds_before, 5)
     assert srv.call(_task_count()) <= tasks_before
 

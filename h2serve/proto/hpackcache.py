@@ -19,25 +19,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from hpack import Encoder
-from hpack.hpack import INDEX_NONE
-from hpack.table import HeaderTable
+
+from .compat import encode_field, table_size_update
+
+__all__ = ["MAX_FIELDS", "CachedEncoder", "encode_field"]
 
 MAX_FIELDS = 8192  # distinct (name, value) pairs kept; dates, ETags and lengths come and go
 
 _fields: dict[tuple[bytes, bytes], bytes] = {}
-_static = Encoder()  # only its stateless helpers are used, never its table
-
-
-def encode_field(name: bytes, value: bytes) -> bytes:
-    """The bytes of one field, independent of any connection's dynamic table."""
-    names = HeaderTable.STATIC_TABLE_MAPPING.get(name)
-    if names is None:
-        return _static._encode_literal(name, value, INDEX_NONE, huffman=True)
-    name_index, values = names
-    index = values.get(value)
-    if index is not None:
-        return _static._encode_indexed(index)
-    return _static._encode_indexed_literal(name_index, value, INDEX_NONE, huffman=True)
 
 
 class CachedEncoder(Encoder):
@@ -47,12 +36,12 @@ class CachedEncoder(Encoder):
 
     def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:  # type: ignore[override]
         block = []
-        if self.header_table.resized:
-            block.append(self._encode_table_size_change())
-            self.header_table.resized = False
+        update = table_size_update(self)
+        if update:
+            block.append(update)
         fields = _fields
         for field in headers:
-            encoded = fields.get(field)  # type: ignore[call-overload]
+            encoded = fields.get(field)
             if encoded is None:
                 encoded = encode_field(field[0], field[1])
                 if len(fields) >= MAX_FIELDS:

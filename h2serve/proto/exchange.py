@@ -1,0 +1,171 @@
+"""What both protocols do per request, once: request facts, the answer, the push gate, the log record.
+
+Each engine turns its protocol's request into an `Exchange` and carries out what `answer()` returns:
+an `Answer` (a `Response`, and the push plan for a page) or a `Deferred`, when answering needs
+blocking work (a cold file, a listing, a compression). The engine hands a Deferred to its `Host`,
+which runs `work` in a worker thread and calls back on the event loop; the engine then asks
+`answer()` again, which goes on from where it stopped. So no engine ever touches the disk, and a
+request waiting for the disk holds up no other.
+
+`Host` is all an engine knows of the world outside: a clock, a way to defer blocking work, and a way
+to say that output is waiting outside a call into the engine (a file chunk came in from a thread).
+The asyncio adapter (net/adapter.py) is one host; the engine tests use another, in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from ..site.blocking import WouldBlock
+from ..site.body import Response
+
+if TYPE_CHECKING:
+    from ..accesslog import AccessLog
+    from ..config import Config
+    from ..push.plan import Client, Pusher, PushPlan
+    from ..site.handler import Site
+    from ..site.workpool import WorkPool
+    from .lifecycle import Lifecycle
+
+log = logging.getLogger("h2serve")
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class Host(Protocol):
+    """What an engine needs of the I/O around it."""
+
+    def now(self) -> float:
+        """The monotonic clock, in seconds."""
+
+    def defer(self, kind: str, work: Callable[[], None],
+              done: Callable[[BaseException | None], None]) -> None:
+        """Run `work` off the event loop (`kind` "io" or "cpu"); then `done(error or None)` on it."""
+
+    def wake(self) -> None:
+        """Output is waiting: pull it (called only outside the engine's own calls)."""
+
+
+class Engine(Protocol):
+    """What the adapter drives: bytes in, bytes out, `tick(now)` for timeouts."""
+
+    life: Lifecycle
+    deadline: float | None   # when `tick` must run next at the latest (None: the sweep will do)
+    writable: bool           # the transport takes more output (set by the adapter)
+
+    def start(self) -> None: ...
+    def receive(self, data: bytes) -> None: ...
+    def receive_eof(self) -> bool: ...
+    def output(self) -> bytes: ...
+    def resume(self) -> None: ...
+    def tick(self, now: float) -> None: ...
+    def shutdown(self) -> None: ...
+    def connection_lost(self) -> None: ...
+
+    @property
+    def wants_read(self) -> bool: ...
+
+
+@dataclass
+class Services:
+    """What every connection of one server shares: settings, the site, push, the access log, and
+    the worker threads for blocking work."""
+
+    config: Config
+    site: Site
+    pusher: Pusher
+    access_log: AccessLog
+    work: WorkPool | None = None
+
+
+@dataclass(slots=True)
+class Answer:
+    """The response to send, and the push plan of a page (None: nothing to push, hint or link)."""
+
+    response: Response
+    plan: PushPlan | None
+
+
+@dataclass(slots=True)
+class Deferred:
+    """Blocking work to run in a worker thread before `Exchange.answer()` can go on."""
+
+    kind: str
+    work: Callable[[], None]
+
+
+_UNSET: object = object()
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    """One request and its answer, whichever protocol carried it.
+
+    `facts(method)` gives the push plan the facts of the connection (`Client`); it is called only for
+    a page the push map has something for, since gathering them costs more than most answers.
+    `facts` None (a pushed response, a refused request) means no push plan.
+    """
+
+    services: Services
+    client: str                     # the client's address, for the log
+    protocol: str                   # the request line's protocol, for the log: HTTP/2.0, HTTP/1.1
+    method: str
+    target: str
+    headers: Headers
+    referer: str | None = None
+    user_agent: str | None = None
+    facts: Callable[[str], Client] | None = None
+    status: int = 0
+    sent: int = 0                   # body bytes sent
+    response: Response | None = None
+    _plan: object = field(default=_UNSET)
+    _logged: bool = False
+
+    def answer(self) -> Answer | Deferred:
+        """The answer, or the blocking work that must run first; errors propagate (the engine
+        answers them as its protocol does: 500, or RST_STREAM INTERNAL_ERROR)."""
+        services = self.services
+        if self.response is None:
+            try:
+                self.response = services.site.respond(
+                    self.method, self.target.encode("latin-1"), self.headers, block=False)
+            except WouldBlock as e:
+                return Deferred(e.kind, self._respond_blocking)
+        response = self.response
+        if self._plan is _UNSET:
+            self._plan = None
+            file = response.file
+            if (self.facts is not None and response.status == 200 and file is not None
+                    and self.method in ("GET", "HEAD") and services.pusher.wants(file)):
+                client = self.facts(self.method)
+                try:
+                    self._plan = services.pusher.plan(file, client, block=False)
+                except WouldBlock as e:
+                    self._plan = _UNSET
+                    return Deferred(e.kind, lambda: self._plan_blocking(client))
+        self.status = response.status
+        return Answer(response, self._plan)  # type: ignore[arg-type]
+
+    def _respond_blocking(self) -> None:
+        self.response = self.services.site.respond(
+            self.method, self.target.encode("latin-1"), self.headers, block=True)
+
+    def _plan_blocking(self, client: Client) -> None:
+        assert self.response is not None and self.response.file is not None
+        self._plan = self.services.pusher.plan(self.response.file, client, block=True)
+
+    def discard(self) -> None:
+        """The answer will not be sent (the stream was reset, the connection is gone): release its
+        body (an open file)."""
+        if self.response is not None and self.response.body is not None:
+            self.response.body.close()
+
+    def finish(self) -> None:
+        """Log the request, once, however its answer ended."""
+        if not self._logged:
+            self._logged = True
+            self.services.access_log.log(self.client, self.method, self.target, self.protocol,
+                                         self.status, self.sent, self.referer, self.user_agent)

@@ -1,0 +1,504 @@
+"""HTTP/2 without sockets: `H2Engine` holds one connection's `H2Connection`, its streams, the send
+scheduler, push execution, the abuse policy and the lifecycle.
+
+Bytes in (`receive`), bytes out (`output`), timeouts by `tick(now)`; the clock, the worker threads
+and the wake-up when a file chunk arrives come from a `Host` (exchange.py). Nothing here imports
+asyncio or touches a socket, so every decision can be tested in memory against a real client
+`H2Connection`.
+
+Bodies are pulled chunk by chunk at `output()` time, as far as the peer's stream and connection
+windows allow (h2sched.py decides the order), so memory per connection stays bounded and the
+order is decided as late as it can be. Abuse is charged frame by frame before h2 parses anything
+(h2guard.py); a header block over the advertised SETTINGS_MAX_HEADER_LIST_SIZE is refused before h2
+buffers it. The connection's life is the table in lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingAckReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import NoAvailableStreamIDError, ProtocolError
+from h2.settings import SettingCodes, Settings
+
+from ..push.plan import Client, PushPlan
+from ..site.body import Body, Response
+from .compat import ServerConnection
+from .exchange import Answer, Exchange, Host, Services
+from .h2guard import FrameBudgets, FrameGuard
+from .h2sched import SendScheduler
+from .hpackcache import CachedEncoder
+from .lifecycle import (
+    CLOSE,
+    DRAINED,
+    DRAINING,
+    FINISHING,
+    GOAWAY_READ,
+    H2_TABLE,
+    IDLE,
+    LOST,
+    OPEN,
+    SHUTDOWN,
+    Lifecycle,
+)
+
+log = logging.getLogger("h2serve")
+
+FLUSH_BYTES = 64 * 1024           # DATA produced per output() call before the adapter writes it
+RUN_BYTES = 64 * 1024             # DATA one stream sends in its turn (frames of the peer's size)
+SHUTDOWN_PING = b"h2s-shut"
+SHUTDOWN_PING_WAIT = 2.0          # seconds to wait for the PING ACK before the final GOAWAY
+STREAM_SLACK = 16                 # streams h2 itself accepts beyond the advertised limit (refused)
+MAX_PUSHES_PER_PAGE = 100         # a bound of our own, whatever the client allows
+STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
+
+
+class _Stream:
+    """A request being answered on one stream: its exchange, and the body being sent."""
+
+    __slots__ = ("blocked_at", "body", "exchange", "id", "uploading")
+
+    def __init__(self, stream_id: int, exchange: Exchange) -> None:
+        self.id = stream_id
+        self.exchange = exchange
+        self.uploading = False  # the client sends a body (DATA seen, END_STREAM not yet)
+        self.body: Body | None = None
+        self.blocked_at = 0.0   # when it last ran out of flow-control window
+
+
+class H2Engine:
+    """One HTTP/2 connection, server side."""
+
+    def __init__(self, services: Services, host: Host, *, tls: bool, client: str = "-") -> None:
+        self.services = services
+        self.host = host
+        self.client = client
+        self.scheme = "https" if tls else "http"
+        cfg = services.config
+        self.budgets = FrameBudgets(host.now)
+        self.conn = ServerConnection(cfg.max_header_list_size, CachedEncoder())
+        self.guard = FrameGuard(self.budgets, cfg.max_header_list_size, self.conn.stream_open)
+        self.life = Lifecycle(H2_TABLE)
+        self.streams: dict[int, _Stream] = {}  # answers awaited or being sent
+        self.sched: SendScheduler[_Stream] = SendScheduler()
+        self.pushed: set[str] = set()          # paths pushed on this connection: never twice
+        self.last_stream: int | None = None    # set by our final GOAWAY: streams above are refused
+        self.deadline: float | None = None     # the end of the wait for the shutdown PING's ACK
+        self.writable = True
+        self.last_active = host.now()          # last input, or last stream finished
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            RequestReceived: self._on_request,
+            DataReceived: self._on_data,
+            StreamEnded: self._on_stream_ended,
+            StreamReset: self._on_reset,
+            WindowUpdated: self._on_window_update,
+            RemoteSettingsChanged: self._on_settings,
+            ConnectionTerminated: self._on_goaway,
+            PingAckReceived: self._on_ping_ack,
+        }
+
+    # -- what the adapter calls --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Queue the server's preface: its SETTINGS."""
+        cfg = self.services.config
+        settings = {SettingCodes.MAX_CONCURRENT_STREAMS: cfg.max_concurrent_streams,
+                    SettingCodes.INITIAL_WINDOW_SIZE: cfg.initial_window_size,
+                    SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_header_list_size}
+        self.conn.local_settings = Settings(client=False, initial_values=settings)
+        self.conn.initiate_connection()
+        # The SETTINGS just queued advertise max_concurrent_streams. Let h2 itself take a few more,
+        # so that a stream over the limit is refused alone (RST_STREAM REFUSED_STREAM, RFC 9113
+        # section 5.1.2) instead of h2 ending the connection.
+        settings[SettingCodes.MAX_CONCURRENT_STREAMS] += STREAM_SLACK
+        self.conn.local_settings = Settings(client=False, initial_values=settings)
+
+    @property
+    def wants_read(self) -> bool:
+        return True  # flow control bounds what a client may send
+
+    def receive(self, data: bytes) -> None:
+        """Take bytes from the client: charge each frame, hand them to h2, act on its events."""
+        if self.life.ended:
+            return  # a TLS transport still delivers what arrives while it shuts down
+        admitted, refusal = self.guard.admit(data)
+        try:
+            events = self.conn.receive_data(data if admitted == len(data) else data[:admitted])
+        except ProtocolError as e:
+            # h2 has queued a GOAWAY with the right error code (unless it failed on the preface,
+            # before anything: RFC 9113 section 3.4 makes one optional; a clear answer costs nothing).
+            log.info("h2 protocol error from %s: %s", self.client, e)
+            self._goaway(e.error_code)
+            return
+        if refusal is not None:
+            if refusal.error_code == ErrorCodes.ENHANCE_YOUR_CALM:
+                log.info("%s from %s: GOAWAY ENHANCE_YOUR_CALM", refusal.reason, self.client)
+            else:
+                log.info("h2 protocol error from %s: %s", self.client, refusal.reason)
+            self._goaway(refusal.error_code)
+            return
+        if any(type(event) is ConnectionTerminated for event in events):
+            # A request read with the client's GOAWAY is still answered, but the GOAWAY already names
+            # the last of our streams the client will take (RFC 9113 section 6.8): promise none.
+            self.life.fire(GOAWAY_READ)
+        self.last_active = self.host.now()
+        handlers = self._handlers
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+                if self.life.ended:
+                    return
+        self._check_idle()
+
+    def receive_eof(self) -> bool:
+        """The client closed its side: nothing more can be asked; let the transport close."""
+        return False
+
+    def output(self) -> bytes:
+        """What is to be written now: frames queued, then DATA as windows allow, up to about
+        FLUSH_BYTES (the adapter calls again while its transport takes more)."""
+        if not self.life.ended and self.sched.ready:
+            self._pump(FLUSH_BYTES)
+        return self.conn.data_to_send()
+
+    def resume(self) -> None:
+        """The transport takes output again: nothing to do, `output()` is pulled."""
+
+    def tick(self, now: float) -> None:
+        """Timeouts: the wait for the shutdown PING, streams stalled at a zero window, an idle
+        connection."""
+        if self.life.ended:
+            return
+        if self.deadline is not None and now >= self.deadline:
+            self._drained()
+            if self.life.ended:
+                return
+        cfg = self.services.config
+        stalled = self.sched.stalled(now, cfg.send_timeout)
+        if stalled:
+            # A client that has sent nothing since its streams stalled is gone or hostile: once its
+            # last stream is reset, the connection ends too. One that is busy keeps it.
+            silent = self.last_active <= min(s.blocked_at for s in stalled)
+            for stream in stalled:
+                self.conn.reset_stream(stream.id, ErrorCodes.CANCEL)
+                self._end_stream(stream)
+            log.info("client %s left %d streams at a zero window for %gs: reset", self.client,
+                     len(stalled), cfg.send_timeout)
+            if not self.streams and silent:
+                self._goaway(ErrorCodes.NO_ERROR)
+        elif not self.streams and now - self.last_active > cfg.idle_timeout:
+            self._goaway(ErrorCodes.NO_ERROR)
+
+    def shutdown(self) -> None:
+        """Graceful close, the two-step GOAWAY of RFC 9113 section 6.8.
+
+        First a GOAWAY with the largest stream id and a PING: requests already on their way are
+        still taken. When the PING comes back (or after SHUTDOWN_PING_WAIT) a second GOAWAY names
+        the last stream taken; the connection closes once those streams are answered.
+        """
+        was = self.life.state
+        if self.life.fire(SHUTDOWN) == DRAINING and was == OPEN:
+            self.conn.queue_goaway(2**31 - 1)
+            self.conn.ping(SHUTDOWN_PING)
+            self.deadline = self.host.now() + SHUTDOWN_PING_WAIT
+
+    def connection_lost(self) -> None:
+        """The transport is gone: every answer ends here (logged), and h2's cycles are broken so the
+        connection is freed at once."""
+        self.life.fire(LOST)
+        for stream in list(self.streams.values()):
+            self._end_stream(stream)
+        self.sched.clear()
+        self._handlers = {}
+        self.conn.release()
+
+    # -- the lifecycle -----------------------------------------------------------------------------
+
+    def _goaway(self, error_code: ErrorCodes) -> None:
+        """End the connection with a GOAWAY naming the last stream taken, sent after what is queued."""
+        with contextlib.suppress(ProtocolError):  # h2 has already closed itself (it sent one)
+            self.conn.close_connection(error_code, last_stream_id=self.conn.highest_inbound_stream_id)
+        self.life.fire(CLOSE)
+
+    def _drained(self) -> None:
+        """The shutdown PING came back, or the wait for it ran out: the final GOAWAY."""
+        self.deadline = None
+        if self.life.state == DRAINING:
+            self.life.fire(DRAINED)
+            self.last_stream = self.conn.highest_inbound_stream_id
+            self.conn.queue_goaway(self.last_stream)
+            self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self.streams and self.life.state == FINISHING:
+            self.life.fire(IDLE)
+
+    # -- requests ----------------------------------------------------------------------------------
+
+    def _on_request(self, event: RequestReceived) -> None:
+        sid = event.stream_id
+        if not self.conn.stream_open(sid):
+            # Reset by the client in the same read as its request: h2 has closed the stream, and any
+            # frame on it (a 103, a PUSH_PROMISE, the answer) would raise and end the connection.
+            # (The RST_STREAM was charged to the reset budget as it was read.)
+            return
+        if self.last_stream is not None and sid > self.last_stream:
+            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        limit = self.services.config.max_concurrent_streams
+        # h2's table holds every open stream (and some closed ones): counting the open ones walks
+        # it, so only when it is big enough to hold too many.
+        if len(self.conn.streams) > limit and self.conn.open_inbound_streams > limit:
+            # RFC 9113 section 5.1.2. A refused stream is one opened only to be reset: it spends
+            # from the same budget as the client's own resets.
+            self.conn.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            if not self.budgets.resets.take():
+                log.info("streams opened beyond SETTINGS_MAX_CONCURRENT_STREAMS, again and again from "
+                         "%s: GOAWAY ENHANCE_YOUR_CALM", self.client)
+                self._goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+            return
+        headers = event.headers or []
+        method = target = ""
+        authority = b""
+        referer = user_agent = None
+        for name, value in headers:
+            if name == b":method":
+                method = value.decode("latin-1")
+            elif name == b":path":
+                target = value.decode("latin-1")
+            elif name == b":authority" or (name == b"host" and not authority):
+                authority = value
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+            elif name == b"referer":
+                referer = value.decode("latin-1")
+        exchange = Exchange(self.services, self.client, "HTTP/2.0", method, target, headers,
+                            referer, user_agent, partial(self._client_facts, authority, headers))
+        stream = self.streams[sid] = _Stream(sid, exchange)
+        self._answer(stream)
+
+    def _answer(self, stream: _Stream) -> None:
+        """Send the answer, or defer the blocking work it needs and come back when it is done."""
+        try:
+            result = stream.exchange.answer()
+        except Exception:
+            log.exception("error answering %s %s", stream.exchange.method, stream.exchange.target)
+            self._reset(stream, ErrorCodes.INTERNAL_ERROR)
+            return
+        if isinstance(result, Answer):
+            if result.plan is None:
+                self._send_response(stream, result.response)
+            else:
+                self._send_with_plan(stream, result.response, result.plan)
+        else:
+            self.host.defer(result.kind, result.work, partial(self._deferred_done, stream))
+
+    def _deferred_done(self, stream: _Stream, error: BaseException | None) -> None:
+        if self.streams.get(stream.id) is not stream or self.life.ended:
+            stream.exchange.discard()  # reset, or the connection is gone: the answer is not wanted
+            return
+        if error is not None:
+            log.error("error answering %s %s", stream.exchange.method, stream.exchange.target,
+                      exc_info=error)
+            self._reset(stream, ErrorCodes.INTERNAL_ERROR)
+            return
+        self._answer(stream)
+        self._check_idle()
+
+    def _client_facts(self, authority: bytes, headers: list[tuple[bytes, bytes]], method: str) -> Client:
+        return Client("h2", self.scheme, authority, headers, self._push_slots(), self.pushed, method)
+
+    def _push_slots(self) -> int:
+        """How many pushes the client takes now: none if it refuses push or the connection is
+        closing; otherwise what its SETTINGS_MAX_CONCURRENT_STREAMS leaves room for."""
+        remote = self.conn.remote_settings
+        if not remote.enable_push or self.life.state != OPEN:
+            return 0
+        return max(0, min(remote.max_concurrent_streams, MAX_PUSHES_PER_PAGE)
+                   - self.conn.open_outbound_streams)
+
+    # -- push --------------------------------------------------------------------------------------
+
+    def _send_with_plan(self, stream: _Stream, response: Response, plan: PushPlan) -> None:
+        """103 (if hinted), every PUSH_PROMISE, the page's HEADERS, then the pushed responses
+        (RFC 9113 section 8.4: promises precede the frames that refer to the promised resources)."""
+        sid = stream.id
+        if plan.early_hints and plan.links:
+            self.conn.send_headers(sid, [(b":status", b"103"), *plan.links])
+        promised = []
+        slots = self._push_slots()  # again: the plan may have waited for the disk
+        for promise in plan.promises[:slots]:
+            try:
+                pid = self.conn.get_next_available_stream_id()
+            except NoAvailableStreamIDError:
+                break  # every server stream id is used up: the page goes out without pushes
+            self.conn.push_stream(sid, pid, promise.headers)
+            self.pushed.add(promise.entry.path)
+            promised.append((pid, promise))
+        response.headers.extend(plan.links)
+        if plan.set_cookie is not None:
+            response.headers.append((b"set-cookie", plan.set_cookie))
+        # The page's first run of DATA goes right behind its HEADERS, ahead of the pushed responses'
+        # HEADERS (and of other streams' turns): the client can parse the page while the pushed bytes
+        # are still arriving.
+        if self._send_response(stream, response, queue=False):
+            self._run(stream)
+        page = stream.exchange
+        for pid, promise in promised:
+            path = promise.entry.path
+            # The same handler as any request for that path: same status, headers and bytes.
+            pushed = Exchange(self.services, self.client, "HTTP/2.0", "GET", path, promise.headers,
+                              page.target, page.user_agent)
+            self.streams[pid] = _Stream(pid, pushed)
+            self._answer(self.streams[pid])
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    def _send_response(self, stream: _Stream, response: Response, queue: bool = True) -> bool:
+        """Send the HEADERS now and (with `queue`) give the body to the scheduler, to go out as
+        windows allow; whether there is a body to send."""
+        body = response.body
+        headers = [(b":status", STATUS_BYTES[response.status]), *response.headers]
+        stream.body = body
+        if body is None or body.remaining == 0:
+            self.conn.send_response_headers(stream.id, headers, end_stream=True)
+            self._end_stream(stream)
+            return False
+        self.conn.send_response_headers(stream.id, headers, end_stream=False)
+        if queue:
+            self.sched.add(stream)
+        return True
+
+    def _pump(self, budget: int) -> None:
+        """DATA in scheduler order while windows allow, until about `budget` bytes are queued."""
+        sched, streams = self.sched, self.streams
+        queued = 0
+        while queued < budget:
+            stream = sched.next()
+            if stream is None:
+                break
+            if stream.body is not None and streams.get(stream.id) is stream:  # else ended meanwhile
+                queued += self._run(stream)
+
+    def _run(self, stream: _Stream) -> int:
+        """One turn of `stream`: a run of DATA as far as its windows allow; back to the scheduler
+        if it has more, aside if its window is shut, or waiting for the disk. The bytes queued."""
+        body = stream.body
+        assert body is not None
+        window = self.conn.local_flow_control_window(stream.id)
+        if window <= 0:
+            self.sched.block(stream, self.host.now())
+            return 0
+        try:
+            chunk = body.read(min(window, RUN_BYTES, body.remaining))
+        except OSError as e:
+            log.warning("reading %s for %s failed: %s", stream.exchange.target, self.client, e)
+            self._reset(stream, ErrorCodes.INTERNAL_ERROR)
+            return 0
+        if chunk is None:  # the next chunk is being read from disk; it wakes the stream
+            body.fill(partial(self._filled, stream))
+            return 0
+        end = body.remaining == 0
+        self.conn.send_data_run(stream.id, chunk, end)
+        stream.exchange.sent += len(chunk)
+        self.budgets.data_sent(len(chunk))
+        if end:
+            self._end_stream(stream)
+        else:
+            self.sched.add(stream)
+        return len(chunk)
+
+    def _filled(self, stream: _Stream) -> None:
+        if self.streams.get(stream.id) is stream:
+            self.sched.add(stream)
+            self.host.wake()
+
+    def _reset(self, stream: _Stream, code: ErrorCodes) -> None:
+        with contextlib.suppress(ProtocolError):
+            self.conn.reset_stream(stream.id, code)
+        self._end_stream(stream)
+
+    def _end_stream(self, stream: _Stream) -> None:
+        """Forget a stream whose response is complete, reset, or cut off; log it once."""
+        if self.streams.pop(stream.id, None) is None:
+            return
+        self.sched.discard(stream.id)
+        exchange = stream.exchange
+        body = stream.body
+        complete = exchange.status != 0 and (body is None or body.remaining == 0)
+        if body is not None:
+            body.close()
+        else:
+            exchange.discard()  # ended while its answer was awaited: release what was made
+        if complete:
+            self.budgets.stream_completed()
+        self.last_active = self.host.now()
+        if complete and stream.uploading and not self.life.ended:
+            self._stop_upload(stream.id)
+        exchange.finish()
+        self._check_idle()
+
+    # -- other events ------------------------------------------------------------------------------
+
+    def _on_data(self, event: DataReceived) -> None:
+        """Request bodies are not used by a static server: the window goes straight back. A
+        client that sends a body is asked to stop once its answer is complete: RST_STREAM with
+        NO_ERROR (RFC 9113 section 8.1). Not before it sends one: until then the stream stays
+        half-closed, and whatever else the client sends on it (trailers, WINDOW_UPDATE) is checked
+        by h2 as on any open stream, with the error code the RFC names."""
+        sid = event.stream_id
+        if event.flow_controlled_length:
+            self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
+        stream = self.streams.get(sid)
+        if stream is not None:  # the answer is still going out: stop the body when it is complete
+            stream.uploading = event.stream_ended is None
+        elif event.stream_ended is None:
+            self._stop_upload(sid)
+
+    def _on_stream_ended(self, event: StreamEnded) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.uploading = False
+
+    def _stop_upload(self, stream_id: int) -> None:
+        with contextlib.suppress(ProtocolError):
+            self.conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+
+    def _on_reset(self, event: StreamReset) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:  # an answer not yet complete (the reset was charged as it was read)
+            self._end_stream(stream)
+
+    def _on_window_update(self, event: WindowUpdated) -> None:
+        self.sched.opened(event.stream_id)
+
+    def _on_settings(self, event: RemoteSettingsChanged) -> None:
+        changed = event.changed_settings
+        if SettingCodes.INITIAL_WINDOW_SIZE in changed or SettingCodes.MAX_FRAME_SIZE in changed:
+            self.sched.opened(0)
+
+    def _on_goaway(self, event: ConnectionTerminated) -> None:
+        # RFC 9113 section 6.8: the responses in flight may still complete (the connection stays
+        # open for them, see compat._StateMachine) and it closes when the last one does.
+        if event.error_code != ErrorCodes.NO_ERROR:
+            self.life.fire(CLOSE)
+
+    def _on_ping_ack(self, event: PingAckReceived) -> None:
+        if event.ping_data == SHUTDOWN_PING:
+            self._drained()
+
