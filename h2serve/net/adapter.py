@@ -88,8 +88,7 @@ class Adapter(asyncio.Protocol):
 
     # -- Host --------------------------------------------------------------------------------------
 
-    def now(self) -> float:
-        return time.monotonic()
+    now = staticmethod(time.monotonic)
 
     def defer(self, kind: str, work: Callable[[], None],
               done: Callable[[BaseException | None], None]) -> None:
@@ -201,10 +200,10 @@ class Adapter(asyncio.Protocol):
                     if not data:
                         break
                     transport.write(data)
-                    if transport.get_write_buffer_size() > MAX_OUTPUT_BUFFER:
-                        # The engine stops producing at the high-water mark; what piles up beyond
-                        # it is answers to a client that sends but does not read (floods of PINGs,
-                        # SETTINGS, HEAD requests).
+                    # Past the high-water mark (paused) the engine produces no DATA; what piles up
+                    # beyond it is answers to a client that sends but does not read (floods of
+                    # PINGs, SETTINGS, HEAD requests).
+                    if self.paused and transport.get_write_buffer_size() > MAX_OUTPUT_BUFFER:
                         log.info("client %s does not read what it asks for: closing", self.client)
                         self.abort()
                         return

@@ -1,7 +1,7 @@
 """What both protocols do per request, once: request facts, the answer, the push gate, the log record.
 
 Each engine turns its protocol's request into an `Exchange` and carries out what `answer()` returns:
-an `Answer` (a `Response`, and the push plan for a page) or a `Deferred`, when answering needs
+a `Response` (with the push plan for a page in `plan`) or a `Deferred`, when answering needs
 blocking work (a cold file, a listing, a compression). The engine hands a Deferred to its `Host`,
 which runs `work` in a worker thread and calls back on the event loop; the engine then asks
 `answer()` again, which goes on from where it stopped. So no engine ever touches the disk, and a
@@ -82,14 +82,6 @@ class Services:
 
 
 @dataclass(slots=True)
-class Answer:
-    """The response to send, and the push plan of a page (None: nothing to push, hint or link)."""
-
-    response: Response
-    plan: PushPlan | None
-
-
-@dataclass(slots=True)
 class Deferred:
     """Blocking work to run in a worker thread before `Exchange.answer()` can go on."""
 
@@ -104,8 +96,8 @@ _UNSET: object = object()
 class Exchange:
     """One request and its answer, whichever protocol carried it.
 
-    `facts(method)` gives the push plan the facts of the connection (`Client`); it is called only for
-    a page the push map has something for, since gathering them costs more than most answers.
+    `facts(exchange)` gives the push plan the facts of the connection (`Client`); it is called only
+    for a page the push map has something for, since gathering them costs more than most answers.
     `facts` None (a pushed response, a refused request) means no push plan.
     """
 
@@ -113,49 +105,49 @@ class Exchange:
     client: str                     # the client's address, for the log
     protocol: str                   # the request line's protocol, for the log: HTTP/2.0, HTTP/1.1
     method: str
-    target: str
+    target: bytes                   # as sent
     headers: Headers
     referer: str | None = None
     user_agent: str | None = None
-    facts: Callable[[str], Client] | None = None
+    authority: bytes = b""          # :authority, or Host
+    facts: Callable[[Exchange], Client] | None = None
     status: int = 0
     sent: int = 0                   # body bytes sent
     response: Response | None = None
-    _plan: object = field(default=_UNSET)
+    plan: PushPlan | None = field(default=_UNSET)  # type: ignore[assignment]  # _UNSET: not asked yet
     _logged: bool = False
 
-    def answer(self) -> Answer | Deferred:
-        """The answer, or the blocking work that must run first; errors propagate (the engine
-        answers them as its protocol does: 500, or RST_STREAM INTERNAL_ERROR)."""
-        services = self.services
-        if self.response is None:
+    def answer(self) -> Response | Deferred:
+        """The response (its push plan in `plan`), or the blocking work that must run first; errors
+        propagate (the engine answers them as its protocol does: 500, or RST_STREAM INTERNAL_ERROR)."""
+        response = self.response
+        if response is None:
             try:
-                self.response = services.site.respond(
-                    self.method, self.target.encode("latin-1"), self.headers, block=False)
+                response = self.response = self.services.site.respond(
+                    self.method, self.target, self.headers, block=False)
             except WouldBlock as e:
                 return Deferred(e.kind, self._respond_blocking)
-        response = self.response
-        if self._plan is _UNSET:
-            self._plan = None
+        if self.plan is _UNSET:
+            self.plan = None
             file = response.file
-            if (self.facts is not None and response.status == 200 and file is not None
-                    and self.method in ("GET", "HEAD") and services.pusher.wants(file)):
-                client = self.facts(self.method)
+            if (self.facts is not None and file is not None and response.status == 200
+                    and self.method in ("GET", "HEAD") and self.services.pusher.wants(file)):
+                client = self.facts(self)
                 try:
-                    self._plan = services.pusher.plan(file, client, block=False)
+                    self.plan = self.services.pusher.plan(file, client, block=False)
                 except WouldBlock as e:
-                    self._plan = _UNSET
+                    self.plan = _UNSET
                     return Deferred(e.kind, lambda: self._plan_blocking(client))
         self.status = response.status
-        return Answer(response, self._plan)  # type: ignore[arg-type]
+        return response
 
     def _respond_blocking(self) -> None:
         self.response = self.services.site.respond(
-            self.method, self.target.encode("latin-1"), self.headers, block=True)
+            self.method, self.target, self.headers, block=True)
 
     def _plan_blocking(self, client: Client) -> None:
         assert self.response is not None and self.response.file is not None
-        self._plan = self.services.pusher.plan(self.response.file, client, block=True)
+        self.plan = self.services.pusher.plan(self.response.file, client, block=True)
 
     def discard(self) -> None:
         """The answer will not be sent (the stream was reset, the connection is gone): release its
@@ -163,9 +155,16 @@ class Exchange:
         if self.response is not None and self.response.body is not None:
             self.response.body.close()
 
+    @property
+    def path(self) -> str:
+        """The target as text, for logs."""
+        return self.target.decode("latin-1")
+
     def finish(self) -> None:
         """Log the request, once, however its answer ended."""
         if not self._logged:
             self._logged = True
-            self.services.access_log.log(self.client, self.method, self.target, self.protocol,
-                                         self.status, self.sent, self.referer, self.user_agent)
+            log = self.services.access_log
+            if log.enabled:
+                log.log(self.client, self.method, self.path, self.protocol, self.status, self.sent,
+                        self.referer, self.user_agent)

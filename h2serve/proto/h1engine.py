@@ -26,7 +26,7 @@ import h11
 from ..push.plan import Client
 from ..site.body import Body, Response
 from .compat import h11_unparsed
-from .exchange import Answer, Exchange, Host, Services
+from .exchange import Deferred, Exchange, Host, Services
 from .lifecycle import ABORT, CLOSE, H1_TABLE, IDLE, LOST, OPEN, SHUTDOWN, Lifecycle
 
 log = logging.getLogger("h2serve")
@@ -37,6 +37,7 @@ REASON_PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
 CHUNK = 64 * 1024
 INPUT_BUFFER_MAX = 256 * 1024  # unparsed input held behind a response in flight before reading stops
 CLOSE_AFTER = frozenset({413, 414, 431})  # answers after which the connection closes
+_PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
 
 
 class H1Engine:
@@ -59,6 +60,7 @@ class H1Engine:
         self._out: list[bytes] = []
         self._queued = 0
         self._head_scanned = 0  # bytes at the front of h11's buffer known to hold no complete head
+        self._facts = self._client_facts
 
     # -- what the adapter calls --------------------------------------------------------------------
 
@@ -178,10 +180,8 @@ class H1Engine:
                 host = value
         version = request.http_version
         exchange = self.exchange = Exchange(
-            self.services, self.client, "HTTP/" + version.decode(), method,
-            request.target.decode("latin-1"), headers, referer, user_agent,
-            lambda method: Client("http/1.1", "https" if self.tls else "http", host, headers,
-                                  method=method))
+            self.services, self.client, _PROTOCOLS.get(version) or "HTTP/" + version.decode(), method,
+            request.target, headers, referer, user_agent, host, self._facts)
         problem = _request_problem(request, headers, self.services.config.max_header_list_size)
         if problem is not None:
             status, why = problem
@@ -190,19 +190,23 @@ class H1Engine:
             return
         self._answer(exchange, version)
 
+    def _client_facts(self, exchange: Exchange) -> Client:
+        return Client("http/1.1", "https" if self.tls else "http", exchange.authority,
+                      exchange.headers, method=exchange.method)
+
     def _answer(self, exchange: Exchange, version: bytes) -> None:
         """Send the answer, or defer the blocking work it needs and come back when it is done."""
         try:
             result = exchange.answer()
         except Exception:
-            log.exception("error answering %s %s", exchange.method, exchange.target)
+            log.exception("error answering %s %s", exchange.method, exchange.path)
             self._send_response(self.services.site.error(500, exchange.method))
             return
-        if not isinstance(result, Answer):
+        if isinstance(result, Deferred):
             self.host.defer(result.kind, result.work,
                             lambda error: self._deferred_done(exchange, version, error))
             return
-        response, plan, hints = result.response, result.plan, b""
+        response, plan, hints = result, exchange.plan, b""
         if plan is not None:
             # The push map's preload links with a page answer; the 103 first if Early Hints are on
             # for HTTP/1.1 (never to an HTTP/1.0 client, RFC 9110 section 15.2).
@@ -219,7 +223,7 @@ class H1Engine:
             exchange.discard()  # the connection is gone or closing: the answer is not wanted
             return
         if error is not None:
-            log.error("error answering %s %s", exchange.method, exchange.target, exc_info=error)
+            log.error("error answering %s %s", exchange.method, exchange.path, exc_info=error)
             self._send_response(self.services.site.error(500, exchange.method))
         else:
             self._answer(exchange, version)
@@ -261,7 +265,7 @@ class H1Engine:
         try:
             chunk = body.read(min(CHUNK, body.remaining))
         except OSError as e:
-            log.warning("reading %s for %s failed: %s", self.exchange and self.exchange.target,
+            log.warning("reading %s for %s failed: %s", self.exchange and self.exchange.path,
                         self.client, e)
             self.life.fire(CLOSE)
             return False
@@ -305,7 +309,8 @@ class H1Engine:
 
     def _record(self, method: str, target: str, protocol: str, status: int) -> Exchange:
         """An exchange for the log only: a request too broken to answer as one."""
-        return Exchange(self.services, self.client, protocol, method, target, [], status=status)
+        return Exchange(self.services, self.client, protocol, method, target.encode(), [],
+                        status=status)
 
     # -- errors ------------------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from h2.settings import SettingCodes, Settings
 from ..push.plan import Client, PushPlan
 from ..site.body import Body, Response
 from .compat import ServerConnection
-from .exchange import Answer, Exchange, Host, Services
+from .exchange import Deferred, Exchange, Host, Services
 from .h2guard import FrameBudgets, FrameGuard
 from .h2sched import SendScheduler
 from .hpackcache import CachedEncoder
@@ -100,6 +100,7 @@ class H2Engine:
         self.deadline: float | None = None     # the end of the wait for the shutdown PING's ACK
         self.writable = True
         self.last_active = host.now()          # last input, or last stream finished
+        self._facts = self._client_facts
         self._handlers: dict[type, Callable[[Any], None]] = {
             RequestReceived: self._on_request,
             DataReceived: self._on_data,
@@ -273,14 +274,14 @@ class H2Engine:
                 self._goaway(ErrorCodes.ENHANCE_YOUR_CALM)
             return
         headers = event.headers or []
-        method = target = ""
-        authority = b""
+        method = ""
+        target = authority = b""
         referer = user_agent = None
         for name, value in headers:
             if name == b":method":
                 method = value.decode("latin-1")
             elif name == b":path":
-                target = value.decode("latin-1")
+                target = value
             elif name == b":authority" or (name == b"host" and not authority):
                 authority = value
             elif name == b"user-agent":
@@ -288,7 +289,7 @@ class H2Engine:
             elif name == b"referer":
                 referer = value.decode("latin-1")
         exchange = Exchange(self.services, self.client, "HTTP/2.0", method, target, headers,
-                            referer, user_agent, partial(self._client_facts, authority, headers))
+                            referer, user_agent, authority, self._facts)
         stream = self.streams[sid] = _Stream(sid, exchange)
         self._answer(stream)
 
@@ -297,31 +298,31 @@ class H2Engine:
         try:
             result = stream.exchange.answer()
         except Exception:
-            log.exception("error answering %s %s", stream.exchange.method, stream.exchange.target)
+            log.exception("error answering %s %s", stream.exchange.method, stream.exchange.path)
             self._reset(stream, ErrorCodes.INTERNAL_ERROR)
             return
-        if isinstance(result, Answer):
-            if result.plan is None:
-                self._send_response(stream, result.response)
-            else:
-                self._send_with_plan(stream, result.response, result.plan)
-        else:
+        if isinstance(result, Deferred):
             self.host.defer(result.kind, result.work, partial(self._deferred_done, stream))
+        elif stream.exchange.plan is None:
+            self._send_response(stream, result)
+        else:
+            self._send_with_plan(stream, result, stream.exchange.plan)
 
     def _deferred_done(self, stream: _Stream, error: BaseException | None) -> None:
         if self.streams.get(stream.id) is not stream or self.life.ended:
             stream.exchange.discard()  # reset, or the connection is gone: the answer is not wanted
             return
         if error is not None:
-            log.error("error answering %s %s", stream.exchange.method, stream.exchange.target,
+            log.error("error answering %s %s", stream.exchange.method, stream.exchange.path,
                       exc_info=error)
             self._reset(stream, ErrorCodes.INTERNAL_ERROR)
             return
         self._answer(stream)
         self._check_idle()
 
-    def _client_facts(self, authority: bytes, headers: list[tuple[bytes, bytes]], method: str) -> Client:
-        return Client("h2", self.scheme, authority, headers, self._push_slots(), self.pushed, method)
+    def _client_facts(self, exchange: Exchange) -> Client:
+        return Client("h2", self.scheme, exchange.authority, exchange.headers, self._push_slots(),
+                      self.pushed, exchange.method)
 
     def _push_slots(self) -> int:
         """How many pushes the client takes now: none if it refuses push or the connection is
@@ -362,8 +363,8 @@ class H2Engine:
         for pid, promise in promised:
             path = promise.entry.path
             # The same handler as any request for that path: same status, headers and bytes.
-            pushed = Exchange(self.services, self.client, "HTTP/2.0", "GET", path, promise.headers,
-                              page.target, page.user_agent)
+            pushed = Exchange(self.services, self.client, "HTTP/2.0", "GET", path.encode(),
+                              promise.headers, page.path, page.user_agent)
             self.streams[pid] = _Stream(pid, pushed)
             self._answer(self.streams[pid])
 
@@ -407,7 +408,7 @@ class H2Engine:
         try:
             chunk = body.read(min(window, RUN_BYTES, body.remaining))
         except OSError as e:
-            log.warning("reading %s for %s failed: %s", stream.exchange.target, self.client, e)
+            log.warning("reading %s for %s failed: %s", stream.exchange.path, self.client, e)
             self._reset(stream, ErrorCodes.INTERNAL_ERROR)
             return 0
         if chunk is None:  # the next chunk is being read from disk; it wakes the stream
@@ -451,7 +452,8 @@ class H2Engine:
         if complete and stream.uploading and not self.life.ended:
             self._stop_upload(stream.id)
         exchange.finish()
-        self._check_idle()
+        if not self.streams and self.life.state == FINISHING:
+            self.life.fire(IDLE)
 
     # -- other events ------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ SHUTDOWN, GOAWAY_READ, DRAINED, IDLE, CLOSE, ABORT, LOST = (
     "shutdown", "goaway-read", "drained", "idle", "close", "abort", "lost")
 
 Table = dict[tuple[str, str], str]
+_ENDED = frozenset({CLOSING, CLOSED})
 
 H2_TABLE: Table = {
     (OPEN, SHUTDOWN): DRAINING,
@@ -96,4 +97,4 @@ class Lifecycle:
     @property
     def ended(self) -> bool:
         """Closing or closed: nothing more is taken or produced but what is queued."""
-        return self.state in (CLOSING, CLOSED)
+        return self.state in _ENDED
