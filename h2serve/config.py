@@ -263,7 +263,8 @@ def _type_problem(hint: Any, value: Any) -> str | None:
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
         problems = [_type_problem(member, value) for member in typing.get_args(hint)
                     if member is not type(None)]
-        return None if None in problems else " or ".join(problems)
+        wanted = [p for p in problems if p is not None]
+        return None if len(wanted) < len(problems) else " or ".join(wanted)
     if typing.get_origin(hint) is tuple:  # a TOML array
         ok = isinstance(value, list) and all(isinstance(x, str) for x in value)
         return None if ok else "a list of strings"

@@ -219,7 +219,7 @@ class Supervisor:
         self.workers[pid] = Worker(pid, slot, time.monotonic())
         log.debug("worker %d started", pid)
 
-    def _be_worker(self, mask: set[signal.Signals], slot: int) -> NoReturn:
+    def _be_worker(self, mask: set[int | signal.Signals], slot: int) -> NoReturn:
         """In the child: become a worker, serve until told to stop, and exit with `run`'s status."""
         code = 1
         try:

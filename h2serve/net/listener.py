@@ -34,6 +34,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("h2serve")
 
@@ -93,7 +94,7 @@ def spread(sock: socket.socket, count: int) -> list[socket.socket]:
     return group
 
 
-def _listen(sock: socket.socket, address: tuple[str, int] | tuple[str, int, int, int]) -> None:
+def _listen(sock: socket.socket, address: tuple[Any, ...]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if sock.family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

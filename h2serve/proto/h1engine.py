@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import typing
 from http import HTTPStatus
 
 import h11
@@ -244,7 +245,7 @@ class H1Engine:
         if body is not None and body.remaining <= CHUNK:
             chunk = body.read(body.remaining)  # a small body is in memory: never None here
             if chunk is not None:
-                out += self.conn.send(h11.Data(data=chunk)) if chunk else b""
+                out += self.conn.send(h11.Data(data=_bytes(chunk))) if chunk else b""
                 if self.exchange is not None:
                     self.exchange.sent = len(chunk)
                 body.close()
@@ -272,7 +273,7 @@ class H1Engine:
         if chunk is None:  # the next chunk is being read from disk; it calls back
             body.fill(self.host.wake)
             return False
-        data = self.conn.send(h11.Data(data=chunk))
+        data = self.conn.send(h11.Data(data=_bytes(chunk)))
         if self.exchange is not None:
             self.exchange.sent += len(chunk)
         if body.remaining == 0:
@@ -349,6 +350,12 @@ class H1Engine:
                 self._send_response(response)
         self._finish()
         self.life.fire(CLOSE)
+
+
+def _bytes(chunk: bytes | memoryview) -> bytes:
+    """A file chunk for h11, which declares `Data.data` as bytes but only takes its length and joins
+    it into its output, as any bytes-like object can be: a memoryview is passed on without a copy."""
+    return typing.cast(bytes, chunk)
 
 
 _HEADS: dict[tuple[object, ...], h11.Response] = {}

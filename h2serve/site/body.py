@@ -34,7 +34,7 @@ class Body(Protocol):
 
     remaining: int
 
-    def read(self, n: int) -> bytes | None:
+    def read(self, n: int) -> bytes | memoryview | None:
         """Up to `n` of the next bytes, or None when none are ready (then call `fill`).
         Raises OSError if the file fails."""
 
@@ -140,7 +140,7 @@ class FileBody:
             return None
         buffer = bytearray(size)
         try:
-            n = os.preadv(self._fd, [buffer], self._offset, NOWAIT)
+            n = os.preadv(self._fd, [buffer], self._offset, NOWAIT or 0)
         except BlockingIOError:
             return None
         except OSError as e:
