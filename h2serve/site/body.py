@@ -10,7 +10,6 @@ sent and the one read ahead), whatever the file size.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import time
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -130,9 +130,7 @@ class FileBody:
             self._took(cached, len(cached) or size)
             return
         self._pending = True
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, os.pread, self._fd, size, self._offset)
-        future.add_done_callback(lambda f: self._filled(f, size))
+        _in_thread(partial(os.pread, self._fd, size, self._offset), lambda f: self._filled(f, size))
 
     def _read_cached(self, size: int) -> memoryview | None:
         """Up to `size` bytes if the page cache has them (some may be fewer), else None."""
@@ -151,7 +149,7 @@ class FileBody:
             return None
         return memoryview(buffer)[:n]
 
-    def _filled(self, future: Future[bytes] | asyncio.Future[bytes], size: int) -> None:
+    def _filled(self, future: Future[bytes], size: int) -> None:
         self._pending = False
         if self._closed:  # closed while the read was in flight: the fd can be closed now
             self._release()
@@ -184,6 +182,17 @@ class FileBody:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
+
+
+def _in_thread(read: Callable[[], bytes], done: Callable[[Future[bytes]], None]) -> None:
+    """Run `read` in the running event loop's default executor; `done(future)` on the loop.
+
+    asyncio is imported here, when a file is first read from a thread under a loop, not when the
+    module is: the engines that take bodies from here never import it (tests/test_engines_io.py)."""
+    import asyncio
+
+    future = asyncio.get_running_loop().run_in_executor(None, read)
+    future.add_done_callback(done)  # type: ignore[arg-type]  # an asyncio.Future: result() alike
 
 
 EMPTY = BytesBody(b"")
