@@ -59,6 +59,7 @@ ALPN_PROTOCOLS = ("h2", "http/1.1")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EARLY_HINTS = ("off", "h2", "all")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+ON_OFF = ("on", "off")
 MAX_WORKERS = 1024  # a typo must not fork thousands of processes
 
 
@@ -113,6 +114,9 @@ class Config:
     initial_window_size: int = option(
         65535, "HTTP/2 receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE)", metavar="BYTES",
         group="HTTP/2")
+    priorities: str = option(
+        "on", "send responses in the order the client's RFC 9218 priorities ask for (urgency, "
+        "incremental), or off: round-robin", metavar="on|off", group="HTTP/2")
     max_header_list_size: int = option(
         32768, "largest request header block accepted (SETTINGS_MAX_HEADER_LIST_SIZE, and "
         "the HTTP/1.1 header limit)", metavar="BYTES", group="limits")
@@ -178,6 +182,8 @@ class Config:
             raise ConfigError(f"--early-hints: {self.early_hints!r} is not one of {', '.join(EARLY_HINTS)}")
         if self.loop not in EVENT_LOOPS:
             raise ConfigError(f"--loop: {self.loop!r} is not one of {', '.join(EVENT_LOOPS)}")
+        if self.priorities not in ON_OFF:
+            raise ConfigError(f"--priorities: {self.priorities!r} is not on or off")
         parse_workers(self.workers)
         if (self.cert is None) != (self.key is None):
             raise ConfigError("--cert and --key go together: give both, or neither for a dev certificate")

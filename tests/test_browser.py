@@ -115,6 +115,35 @@ def test_h2_page_loads_with_every_resource_over_h2(make_server: Callable[..., Ru
     assert width >= 800 and height >= 600, (width, height)
 
 
+def test_chromium_sends_rfc9218_priorities_the_server_reads(
+        make_server: Callable[..., RunningServer], open_tab: OpenTab,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chromium says how urgent each request is (RFC 9218 `priority` header, since Chrome 124 over
+    HTTP/2); the server reads a signal for every request of the page, the page and its stylesheet
+    come out more urgent than the images, and the page loads over h2."""
+    from h2serve.proto import h2priority
+
+    seen: dict[bytes, Any] = {}
+    read = h2priority.priority_from_headers
+
+    def recording(headers: list[tuple[bytes, bytes]]) -> Any:
+        priority = read(headers)
+        path = dict(headers).get(b":path", b"")
+        seen[path] = (dict(headers).get(b"priority"), priority)
+        return priority
+
+    monkeypatch.setattr(h2priority, "priority_from_headers", recording)
+    server = make_server()
+    page = load(open_tab(), server.url + "/")
+    assert_page_ran(page, "h2")
+    assert seen[b"/"][0] is not None, seen  # the browser sent the header
+    assert all(value is not None for value, _ in seen.values()), seen
+    page_u = seen[b"/"][1].urgency
+    css_u = seen[b"/static/css/site.css"][1].urgency
+    images = [p for path, (_, p) in seen.items() if path.endswith(b".png")]
+    assert images and all(p.urgency > max(page_u, css_u) for p in images), seen
+
+
 def test_http11_only_server_page_loads_over_http11(make_server: Callable[..., RunningServer],
                                                    open_tab: OpenTab) -> None:
     """A server offering only http/1.1 by ALPN serves the same page, every resource over HTTP/1.1;

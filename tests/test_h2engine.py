@@ -110,13 +110,18 @@ def status_of(event: Any) -> bytes:
     return dict(event.headers)[b":status"]
 
 
+INCREMENTAL = [(b"priority", b"i")]  # RFC 9218: useful in pieces, so served in turns
+
+
 # -- scheduling across windows ---------------------------------------------------------------------
 
 
 def test_two_large_responses_interleave_in_runs(engine_env: EngineEnv) -> None:
+    """Incremental responses of one urgency (RFC 9218 `i`) take turns."""
     pair = engine_env.h2(settings={SettingCodes.INITIAL_WINDOW_SIZE: BIG})
     pair.open_window(BIG)
-    one, two = pair.request("/static/one.bin"), pair.request("/static/two.bin")
+    one, two = (pair.request("/static/one.bin", headers=INCREMENTAL),
+                pair.request("/static/two.bin", headers=INCREMENTAL))
     events = pair.exchange()
 
     assert outline(pair.new_frames)[:2] == [("HEADERS", one), ("HEADERS", two)]
@@ -156,7 +161,8 @@ def test_stream_at_zero_window_lets_the_other_go_and_resumes_on_its_window_updat
 def test_connection_window_blocks_every_stream_and_its_update_wakes_them_all(
         engine_env: EngineEnv) -> None:
     pair = engine_env.h2(settings={SettingCodes.INITIAL_WINDOW_SIZE: BIG})
-    one, two = pair.request("/static/one.bin"), pair.request("/static/two.bin")
+    one, two = (pair.request("/static/one.bin", headers=INCREMENTAL),
+                pair.request("/static/two.bin", headers=INCREMENTAL))
     events = pair.exchange()
     # The connection's window (65,535) is all `one`'s first run; then both wait.
     assert data_runs(pair.new_frames) == [(one, 65535)]

@@ -292,7 +292,8 @@ def test_data_runs_are_cut_at_an_odd_max_frame_size_and_end_once(make_server, si
     settings = {SettingCodes.INITIAL_WINDOW_SIZE: 1 << 24, SettingCodes.MAX_FRAME_SIZE: 20_000}
     warm(srv.port, ca_file, *sizes)  # loaded: the three answers are ready in the same read
     with H2Client.tls(srv.port, ca_file, settings=settings, connection_window=1 << 26) as client:
-        sids = {client.request(path, flush=False): path for path in sizes}
+        # Incremental (RFC 9218 `i`): responses of one urgency that take turns.
+        sids = {client.request(path, flush=False, headers=[(b"priority", b"i")]): path for path in sizes}
         client.flush()  # the three requests in one write: the server reads them together
         client.receive_until(lambda: all(client.responses[s].done for s in sids), timeout=30)
     frames = [w for w in client.frames if isinstance(w.frame, DataFrame)]
@@ -316,8 +317,8 @@ def test_frames_queued_between_data_runs_keep_their_place(make_server, site, ca_
     settings = {SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20}
     warm(srv.port, ca_file, "/static/run.bin", "/static/css/site.css")
     with H2Client.tls(srv.port, ca_file, settings=settings, connection_window=1 << 22) as client:
-        big = client.request("/static/run.bin", flush=False)
-        small = client.request("/static/css/site.css", flush=False)
+        big = client.request("/static/run.bin", flush=False, headers=[(b"priority", b"i")])
+        small = client.request("/static/css/site.css", flush=False, headers=[(b"priority", b"i")])
         client.flush()  # both requests in one write: the server takes turns between them
         client.receive_until(lambda: client.responses[big].done and client.responses[small].done)
     order = [w.stream_id for w in client.frames if isinstance(w.frame, DataFrame)]
@@ -694,3 +695,27 @@ def test_frames_before_a_client_goaway_are_still_answered(server, ca_file):
         acks = [f for f in client.frames_of(PingFrame) if "ACK" in f.flags]
     assert [a.opaque_data for a in acks] == [b"lastping"]
     assert client.goaways == []
+
+
+def test_a_stylesheet_asked_for_last_at_urgency_0_arrives_before_any_image(make_server, site, ca_file):
+    """RFC 9218 over a real TLS connection: with every stream window shut, the client asks for
+    three large images at u=5 and then a stylesheet at u=0; when it opens the windows, the
+    stylesheet's DATA is complete before the first byte of any image."""
+    for name in ("a", "b", "c"):
+        (site / f"static/{name}.bin").write_bytes(os.urandom(300_000))
+    srv = make_server(templates=str(site / "templates"), static=str(site / "static"))
+    warm(srv.port, ca_file, "/static/a.bin", "/static/b.bin", "/static/c.bin", "/static/css/site.css")
+    settings = {SettingCodes.INITIAL_WINDOW_SIZE: 0}
+    with H2Client.tls(srv.port, ca_file, settings=settings, connection_window=1 << 24,
+                      flow_control="manual") as client:
+        images = [client.request(f"/static/{n}.bin", headers=[(b"priority", b"u=5, i")]) for n in "abc"]
+        css = client.request("/static/css/site.css", headers=[(b"priority", b"u=0")])
+        client.receive_until(lambda: all(client.responses[s].status == 200 for s in [*images, css]))
+        assert not client.frames_of(DataFrame)  # nothing could be sent yet
+        client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 1 << 22})
+        client.receive_until(lambda: all(client.responses[s].done for s in [*images, css]), timeout=30)
+    data = [w.stream_id for w in client.frames if isinstance(w.frame, DataFrame)]
+    last_css = max(i for i, sid in enumerate(data) if sid == css)
+    assert all(sid == css for sid in data[:last_css + 1])
+    assert bytes(client.responses[css].body) == (STATIC / "css/site.css").read_bytes()
+    assert client.server_settings.get(0x9) == 1  # SETTINGS_NO_RFC7540_PRIORITIES

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import typing
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -30,31 +31,22 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    UnknownFrameReceived,
     WindowUpdated,
 )
 from h2.exceptions import NoAvailableStreamIDError, ProtocolError
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import ExtensionFrame
 
 from ..push.plan import Client, PushPlan
-from ..site.body import Body, Response
+from ..site.body import Response
+from . import lifecycle as lc
 from .compat import ServerConnection
 from .exchange import Deferred, Exchange, Host, Services
-from .h2guard import FrameBudgets, FrameGuard
-from .h2sched import SendScheduler
+from .h2guard import FrameBudgets, FrameGuard, Refusal
+from .h2priority import NO_RFC7540_PRIORITIES, PRIORITY_UPDATE, PrioritySignals
+from .h2sched import SendScheduler, Stream
 from .hpackcache import CachedEncoder
-from .lifecycle import (
-    CLOSE,
-    DRAINED,
-    DRAINING,
-    FINISHING,
-    GOAWAY_READ,
-    H2_TABLE,
-    IDLE,
-    LOST,
-    OPEN,
-    SHUTDOWN,
-    Lifecycle,
-)
 
 log = logging.getLogger("h2serve")
 
@@ -65,19 +57,6 @@ SHUTDOWN_PING_WAIT = 2.0          # seconds to wait for the PING ACK before the 
 STREAM_SLACK = 16                 # streams h2 itself accepts beyond the advertised limit (refused)
 MAX_PUSHES_PER_PAGE = 100         # a bound of our own, whatever the client allows
 STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
-
-
-class _Stream:
-    """A request being answered on one stream: its exchange, and the body being sent."""
-
-    __slots__ = ("blocked_at", "body", "exchange", "id", "uploading")
-
-    def __init__(self, stream_id: int, exchange: Exchange) -> None:
-        self.id = stream_id
-        self.exchange = exchange
-        self.uploading = False  # the client sends a body (DATA seen, END_STREAM not yet)
-        self.body: Body | None = None
-        self.blocked_at = 0.0   # when it last ran out of flow-control window
 
 
 class H2Engine:
@@ -92,9 +71,10 @@ class H2Engine:
         self.budgets = FrameBudgets(host.now)
         self.conn = ServerConnection(cfg.max_header_list_size, CachedEncoder())
         self.guard = FrameGuard(self.budgets, cfg.max_header_list_size, self.conn.stream_open)
-        self.life = Lifecycle(H2_TABLE)
-        self.streams: dict[int, _Stream] = {}  # answers awaited or being sent
-        self.sched: SendScheduler[_Stream] = SendScheduler()
+        self.life = lc.Lifecycle(lc.H2_TABLE)
+        self.streams: dict[int, Stream] = {}  # answers awaited or being sent
+        self.sched: SendScheduler[Stream] = SendScheduler(cfg.priorities == "on")
+        self.signals = PrioritySignals()
         self.pushed: set[str] = set()          # paths pushed on this connection: never twice
         self.last_stream: int | None = None    # set by our final GOAWAY: streams above are refused
         self.deadline: float | None = None     # the end of the wait for the shutdown PING's ACK
@@ -110,6 +90,7 @@ class H2Engine:
             RemoteSettingsChanged: self._on_settings,
             ConnectionTerminated: self._on_goaway,
             PingAckReceived: self._on_ping_ack,
+            UnknownFrameReceived: self._on_extension_frame,
         }
 
     # -- what the adapter calls --------------------------------------------------------------------
@@ -119,7 +100,9 @@ class H2Engine:
         cfg = self.services.config
         settings = {SettingCodes.MAX_CONCURRENT_STREAMS: cfg.max_concurrent_streams,
                     SettingCodes.INITIAL_WINDOW_SIZE: cfg.initial_window_size,
-                    SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_header_list_size}
+                    SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_header_list_size,
+                    # RFC 9218 section 2.1; h2 sends settings it has no name for as they are.
+                    typing.cast(SettingCodes, NO_RFC7540_PRIORITIES): 1}
         self.conn.local_settings = Settings(client=False, initial_values=settings)
         self.conn.initiate_connection()
         # The SETTINGS just queued advertise max_concurrent_streams. Let h2 itself take a few more,
@@ -155,7 +138,7 @@ class H2Engine:
         if any(type(event) is ConnectionTerminated for event in events):
             # A request read with the client's GOAWAY is still answered, but the GOAWAY already names
             # the last of our streams the client will take (RFC 9113 section 6.8): promise none.
-            self.life.fire(GOAWAY_READ)
+            self.life.fire(lc.GOAWAY_READ)
         self.last_active = self.host.now()
         handlers = self._handlers
         for event in events:
@@ -213,7 +196,7 @@ class H2Engine:
         the last stream taken; the connection closes once those streams are answered.
         """
         was = self.life.state
-        if self.life.fire(SHUTDOWN) == DRAINING and was == OPEN:
+        if self.life.fire(lc.SHUTDOWN) == lc.DRAINING and was == lc.OPEN:
             self.conn.queue_goaway(2**31 - 1)
             self.conn.ping(SHUTDOWN_PING)
             self.deadline = self.host.now() + SHUTDOWN_PING_WAIT
@@ -221,7 +204,7 @@ class H2Engine:
     def connection_lost(self) -> None:
         """The transport is gone: every answer ends here (logged), and h2's cycles are broken so the
         connection is freed at once."""
-        self.life.fire(LOST)
+        self.life.fire(lc.LOST)
         for stream in list(self.streams.values()):
             self._end_stream(stream)
         self.sched.clear()
@@ -234,20 +217,20 @@ class H2Engine:
         """End the connection with a GOAWAY naming the last stream taken, sent after what is queued."""
         with contextlib.suppress(ProtocolError):  # h2 has already closed itself (it sent one)
             self.conn.close_connection(error_code, last_stream_id=self.conn.highest_inbound_stream_id)
-        self.life.fire(CLOSE)
+        self.life.fire(lc.CLOSE)
 
     def _drained(self) -> None:
         """The shutdown PING came back, or the wait for it ran out: the final GOAWAY."""
         self.deadline = None
-        if self.life.state == DRAINING:
-            self.life.fire(DRAINED)
+        if self.life.state == lc.DRAINING:
+            self.life.fire(lc.DRAINED)
             self.last_stream = self.conn.highest_inbound_stream_id
             self.conn.queue_goaway(self.last_stream)
             self._check_idle()
 
     def _check_idle(self) -> None:
-        if not self.streams and self.life.state == FINISHING:
-            self.life.fire(IDLE)
+        if not self.streams and self.life.state == lc.FINISHING:
+            self.life.fire(lc.IDLE)
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -290,10 +273,10 @@ class H2Engine:
                 referer = value.decode("latin-1")
         exchange = Exchange(self.services, self.client, "HTTP/2.0", method, target, headers,
                             referer, user_agent, authority, self._facts)
-        stream = self.streams[sid] = _Stream(sid, exchange)
+        stream = self.streams[sid] = Stream(sid, exchange, self.signals.for_request(sid, headers))
         self._answer(stream)
 
-    def _answer(self, stream: _Stream) -> None:
+    def _answer(self, stream: Stream) -> None:
         """Send the answer, or defer the blocking work it needs and come back when it is done."""
         try:
             result = stream.exchange.answer()
@@ -308,7 +291,7 @@ class H2Engine:
         else:
             self._send_with_plan(stream, result, stream.exchange.plan)
 
-    def _deferred_done(self, stream: _Stream, error: BaseException | None) -> None:
+    def _deferred_done(self, stream: Stream, error: BaseException | None) -> None:
         if self.streams.get(stream.id) is not stream or self.life.ended:
             stream.exchange.discard()  # reset, or the connection is gone: the answer is not wanted
             return
@@ -328,14 +311,14 @@ class H2Engine:
         """How many pushes the client takes now: none if it refuses push or the connection is
         closing; otherwise what its SETTINGS_MAX_CONCURRENT_STREAMS leaves room for."""
         remote = self.conn.remote_settings
-        if not remote.enable_push or self.life.state != OPEN:
+        if not remote.enable_push or self.life.state != lc.OPEN:
             return 0
         return max(0, min(remote.max_concurrent_streams, MAX_PUSHES_PER_PAGE)
                    - self.conn.open_outbound_streams)
 
     # -- push --------------------------------------------------------------------------------------
 
-    def _send_with_plan(self, stream: _Stream, response: Response, plan: PushPlan) -> None:
+    def _send_with_plan(self, stream: Stream, response: Response, plan: PushPlan) -> None:
         """103 (if hinted), every PUSH_PROMISE, the page's HEADERS, then the pushed responses
         (RFC 9113 section 8.4: promises precede the frames that refer to the promised resources)."""
         sid = stream.id
@@ -360,17 +343,19 @@ class H2Engine:
         if self._send_response(stream, response, queue=False):
             self._run(stream)
         page = stream.exchange
-        for pid, promise in promised:
+        for rank, (pid, promise) in enumerate(promised, 1):
             path = promise.entry.path
-            # The same handler as any request for that path: same status, headers and bytes.
+            # The same handler as any request for that path: same status, headers and bytes. Sent
+            # after the page, in the push map's order (highest weight first: styles, scripts, fonts,
+            # then images), at the page's urgency.
             pushed = Exchange(self.services, self.client, "HTTP/2.0", "GET", path.encode(),
                               promise.headers, page.path, page.user_agent)
-            self.streams[pid] = _Stream(pid, pushed)
+            self.streams[pid] = Stream(pid, pushed, stream.priority, (sid, rank))
             self._answer(self.streams[pid])
 
     # -- sending -----------------------------------------------------------------------------------
 
-    def _send_response(self, stream: _Stream, response: Response, queue: bool = True) -> bool:
+    def _send_response(self, stream: Stream, response: Response, queue: bool = True) -> bool:
         """Send the HEADERS now and (with `queue`) give the body to the scheduler, to go out as
         windows allow; whether there is a body to send."""
         body = response.body
@@ -396,7 +381,7 @@ class H2Engine:
             if stream.body is not None and streams.get(stream.id) is stream:  # else ended meanwhile
                 queued += self._run(stream)
 
-    def _run(self, stream: _Stream) -> int:
+    def _run(self, stream: Stream) -> int:
         """One turn of `stream`: a run of DATA as far as its windows allow; back to the scheduler
         if it has more, aside if its window is shut, or waiting for the disk. The bytes queued."""
         body = stream.body
@@ -424,21 +409,21 @@ class H2Engine:
             self.sched.add(stream)
         return len(chunk)
 
-    def _filled(self, stream: _Stream) -> None:
+    def _filled(self, stream: Stream) -> None:
         if self.streams.get(stream.id) is stream:
             self.sched.add(stream)
             self.host.wake()
 
-    def _reset(self, stream: _Stream, code: ErrorCodes) -> None:
+    def _reset(self, stream: Stream, code: ErrorCodes) -> None:
         with contextlib.suppress(ProtocolError):
             self.conn.reset_stream(stream.id, code)
         self._end_stream(stream)
 
-    def _end_stream(self, stream: _Stream) -> None:
+    def _end_stream(self, stream: Stream) -> None:
         """Forget a stream whose response is complete, reset, or cut off; log it once."""
         if self.streams.pop(stream.id, None) is None:
             return
-        self.sched.discard(stream.id)
+        self.sched.discard(stream)
         exchange = stream.exchange
         body = stream.body
         complete = exchange.status != 0 and (body is None or body.remaining == 0)
@@ -452,8 +437,8 @@ class H2Engine:
         if complete and stream.uploading and not self.life.ended:
             self._stop_upload(stream.id)
         exchange.finish()
-        if not self.streams and self.life.state == FINISHING:
-            self.life.fire(IDLE)
+        if not self.streams and self.life.state == lc.FINISHING:
+            self.life.fire(lc.IDLE)
 
     # -- other events ------------------------------------------------------------------------------
 
@@ -498,7 +483,22 @@ class H2Engine:
         # RFC 9113 section 6.8: the responses in flight may still complete (the connection stays
         # open for them, see compat._StateMachine) and it closes when the last one does.
         if event.error_code != ErrorCodes.NO_ERROR:
-            self.life.fire(CLOSE)
+            self.life.fire(lc.CLOSE)
+
+    def _on_extension_frame(self, event: UnknownFrameReceived) -> None:
+        """PRIORITY_UPDATE (RFC 9218 section 7.1); other frames of unknown types are ignored."""
+        frame = event.frame
+        if not isinstance(frame, ExtensionFrame) or frame.type != PRIORITY_UPDATE:
+            return
+        result = self.signals.update(frame.stream_id, frame.body)
+        if isinstance(result, Refusal):
+            log.info("h2 protocol error from %s: %s", self.client, result.reason)
+            self._goaway(result.error_code)
+        elif result is not None:
+            stream = self.streams.get(result[0])
+            if stream is not None and stream.priority != result[1]:
+                stream.priority = result[1]
+                self.sched.reprioritize(stream)
 
     def _on_ping_ack(self, event: PingAckReceived) -> None:
         if event.ping_data == SHUTDOWN_PING:

@@ -59,11 +59,12 @@ class FrameBudgets:
       it cancelled with one, so every 16 KiB of DATA sent earns one back.
     - window_updates: each spends one; every 4 KiB of DATA sent earns one, since a client that
       is receiving data legitimately opens windows in proportion to it.
+    - priority_updates: RFC 9218 PRIORITY_UPDATE frames, which a browser sends as it reorders.
     - other: frames of unknown types (to be ignored, RFC 9113 section 4.1) and GOAWAY.
     """
 
-    __slots__ = ("empty_data", "other", "pings", "priorities", "resets", "rst_frames", "settings",
-                 "window_updates")
+    __slots__ = ("empty_data", "other", "pings", "priorities", "priority_updates", "resets", "rst_frames",
+                 "settings", "window_updates")
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.resets = TokenBucket(rate=20, burst=200, clock=clock)
@@ -73,6 +74,7 @@ class FrameBudgets:
         self.empty_data = TokenBucket(rate=20, burst=100, clock=clock)
         self.window_updates = TokenBucket(rate=100, burst=1000, clock=clock)
         self.priorities = TokenBucket(rate=100, burst=500, clock=clock)
+        self.priority_updates = TokenBucket(rate=100, burst=500, clock=clock)
         self.other = TokenBucket(rate=10, burst=100, clock=clock)
 
     def data_sent(self, n: int) -> None:
@@ -88,6 +90,7 @@ MAX_CONTINUATIONS = 32  # CONTINUATION frames in one header block (h2 allows 64)
 # Frame types (RFC 9113 section 6) and flags.
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
     CONTINUATION = range(10)
+PRIORITY_UPDATE = 0x10  # RFC 9218 section 7.1
 END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 
 
@@ -211,6 +214,8 @@ class FrameGuard:
             return None if b.window_updates.take() else _calm("WINDOW_UPDATE flood")
         if kind == PRIORITY:
             return None if b.priorities.take() else _calm("PRIORITY flood")
+        if kind == PRIORITY_UPDATE:
+            return None if b.priority_updates.take() else _calm("PRIORITY_UPDATE flood")
         if kind == PUSH_PROMISE:
             return None  # a client may not send one: h2 makes it a PROTOCOL_ERROR
         return None if b.other.take() else _calm("unknown or GOAWAY frame flood")
