@@ -1,5 +1,6 @@
 """The latency relay of benchmarks/: its delay, the TCP handshake it models, byte order both ways,
-its bandwidth cap, and TLS with ALPN passing through it to a real h2serve untouched."""
+its bandwidth cap (one line shared by all connections, with a queue of one BDP), and TLS with ALPN
+passing through it to a real h2serve untouched."""
 
 from __future__ import annotations
 
@@ -143,6 +144,47 @@ def test_bandwidth_cap_paces_the_bytes() -> None:
 
     elapsed = asyncio.run(go())
     assert 0.25 <= elapsed < 0.25 * 2 + 0.5, elapsed  # paced each way: well above free loopback speed
+
+
+async def _echo_through(relay: Relay, size: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(b"y" * size)
+    assert await reader.readexactly(size) == b"y" * size
+    writer.close()
+
+
+def _shared_line(sizes: list[int]) -> tuple[float, Relay]:
+    """Echo `sizes` bytes on as many connections at once through one relay with an 8 Mbit/s line."""
+    async def go() -> tuple[float, Relay]:
+        server, port = await _echo_server()
+        async with server, Relay(port, 20, 8, handshake=False) as relay:
+            started = time.perf_counter()
+            await asyncio.gather(*(_echo_through(relay, size) for size in sizes))
+            return time.perf_counter() - started, relay
+
+    return asyncio.run(asyncio.wait_for(go(), 20))
+
+
+def test_connections_share_one_line_with_a_queue_of_one_bdp() -> None:
+    """Two connections sending 200 KB each at once take as long as one sending 400 KB: at 8 Mbit/s
+    (1 MB/s) each way, about 0.4 s, not the 0.2 s that a line per connection would give. And the
+    relay queues about one bandwidth-delay product per direction, not megabytes."""
+    alone, one = _shared_line([400_000])
+    together, two = _shared_line([200_000, 200_000])
+    assert one.up is not None and one.down is not None and two.up is not None and two.down is not None
+    assert 0.36 <= alone < 0.6, alone
+    assert 0.36 <= together < 0.6, together
+    assert abs(together - alone) < 0.3 * alone, (alone, together)
+    assert one.bdp == 20_000  # 1 MB/s * 20 ms
+    # The uplink's queue fills (the clients send all at once); the downlink's barely does, as the
+    # echoes come back at the rate the uplink lets the bytes through.
+    assert one.up.peak >= one.bdp // 2 and two.up.peak >= two.bdp // 2, (one.up.peak, two.up.peak)
+    # One sender reads only when the queue has room for the whole read: never above one BDP.
+    for link in (one.up, one.down):
+        assert link.peak <= one.bdp, (link.peak, one.bdp)
+    # Two senders waiting on their sockets at once may each bring in one read: one read more at most.
+    for link in (two.up, two.down):
+        assert link.peak <= two.bdp + link.read_size, (link.peak, two.bdp)
 
 
 def test_tls_and_alpn_h2_pass_through_to_h2serve(make_server: Callable[..., RunningServer],
