@@ -18,7 +18,6 @@ import sys
 from asyncio import sslproto
 from collections.abc import Callable
 
-import pytest
 from conftest import REPO, STATIC, TEMPLATES
 
 from h2serve.config import Config
@@ -90,7 +89,6 @@ def test_an_embedding_applications_loop_is_left_alone(certs: DevCerts) -> None:
     assert _server_tls_buffers(certs, asyncio.new_event_loop) == [ASYNCIO_DEFAULT]
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="asyncio's policies differ")
 def test_import_changes_nothing_in_asyncio() -> None:
     """Importing h2serve and its modules leaves asyncio's SSL buffer and event loop policy as they were."""
     code = ("import asyncio, asyncio.sslproto as s\n"
