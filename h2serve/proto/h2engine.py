@@ -179,8 +179,7 @@ class H2Engine:
             # last stream is reset, the connection ends too. One that is busy keeps it.
             silent = self.last_active <= min(s.blocked_at for s in stalled)
             for stream in stalled:
-                self.conn.reset_stream(stream.id, ErrorCodes.CANCEL)
-                self._end_stream(stream)
+                self._reset(stream, ErrorCodes.CANCEL)
             log.info("client %s left %d streams at a zero window for %gs: reset", self.client,
                      len(stalled), cfg.send_timeout)
             if not self.streams and silent:
@@ -437,8 +436,7 @@ class H2Engine:
         if complete and stream.uploading and not self.life.ended:
             self._stop_upload(stream.id)
         exchange.finish()
-        if not self.streams and self.life.state == lc.FINISHING:
-            self.life.fire(lc.IDLE)
+        self._check_idle()
 
     # -- other events ------------------------------------------------------------------------------
 
