@@ -8,6 +8,10 @@ two declared by the first stylesheet's `@font-face`, the first one also preloade
 `push_manifest.json` made from that HTML by `python -m h2serve manifest SITE`, as a site author would.
 
 `target30` is the page of the issue's targets: 30 assets, about 220 KiB in all.
+
+`hero` is the page of the browser benchmark's largest contentful paint: a 40 KiB stylesheet and a
+60 KiB script (neither deferred) in its head, then a 120 KiB hero image (a real, decodable PNG, so
+that Chromium paints it and counts it as the LCP element) and 24 small images (3 KiB each).
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import struct
 import subprocess
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,14 +86,19 @@ SIZE_RANGES = {"style": (5 * KIB, 40 * KIB), "script": (10 * KIB, 80 * KIB),
                "image": (5 * KIB, 60 * KIB), "font": (15 * KIB, 40 * KIB)}
 
 
+HERO = "hero"
+
+
 def site_names() -> list[str]:
-    return ["demo", *GENERATED]
+    return ["demo", *GENERATED, HERO]
 
 
 def make_site(name: str, workdir: Path) -> SiteSpec:
     """The named site, generating it under `workdir` when it is not the demo site."""
     if name == "demo":
         return demo_site()
+    if name == HERO:
+        return generate_hero(workdir / name)
     if name not in GENERATED:
         raise ValueError(f"unknown site {name!r}: one of {', '.join(site_names())}")
     count, css, js, fonts, total = GENERATED[name]
@@ -190,3 +201,60 @@ def _sentence(rng: random.Random) -> str:
     words = ["streams", "frames", "latency", "bytes", "push", "window", "server", "browser", "page",
              "flight", "round", "trip", "handshake", "header", "priority", "cache"]
     return " ".join(rng.choice(words) for _ in range(rng.randint(8, 16))).capitalize() + "."
+
+
+def png(width: int, height: int, rng: random.Random) -> bytes:
+    """A valid grayscale PNG of random pixels, stored without compression: about width x height
+    bytes, and decodable, so that a browser paints it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    rows = b"".join(b"\0" + rng.randbytes(width) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 0))
+            + chunk(b"IEND", b""))
+
+
+def generate_hero(folder: Path, *, small_images: int = 24, seed: int = 2024) -> SiteSpec:
+    """The `hero` site under `folder` (see the module docstring); the same bytes every time."""
+    rng = random.Random(f"{seed}-hero")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"static/css/main.css": _text(rng, 40 * KIB, "style"),
+             "static/js/app.js": _text(rng, 60 * KIB, "script"),
+             "static/img/hero.png": png(480, 256, rng)}  # 120 KiB, 480 x 256 px
+    for i in range(small_images):
+        files[f"static/img/thumb{i}.png"] = png(64, 48, rng)  # 3 KiB each
+    for path, body in files.items():
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(body)
+    thumbs = "\n".join(f'    <img src="/static/img/thumb{i}.png" width="64" height="48" alt="">'
+                       for i in range(small_images))
+    html = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>Hero page</title>
+  <link rel="stylesheet" href="/static/css/main.css">
+  <script src="/static/js/app.js"></script>
+</head>
+<body>
+  <header><a href="/">Home</a></header>
+  <main>
+    <img src="/static/img/hero.png" width="480" height="256" alt="hero">
+    <h1>{_sentence(rng)}</h1>
+    <p>{_sentence(rng)}</p>
+{thumbs}
+  </main>
+</body>
+</html>
+"""
+    (folder / "index.html").write_text(html, encoding="utf-8")
+    (folder / "404.html").write_text("<!DOCTYPE html><title>Not found</title><h1>Not found</h1>\n")
+    manifest = folder / "push_manifest.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-m", "h2serve", "manifest", str(folder), "-o", str(manifest)],
+                   check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+    return SiteSpec(HERO, folder, folder / "static", manifest, folder,
+                    f"generated: render-blocking CSS (40 KiB) and JS (60 KiB), a 120 KiB hero "
+                    f"image (the LCP element) and {small_images} small images")

@@ -3,7 +3,6 @@ benchmark (benchmarks/browser.py) uses too; this module keeps the name the tests
 
 from __future__ import annotations
 
-from benchmarks.devtools import (FLAGS, Browser, BrowserError, Message, Page, find_chromium,
-                                 spki_hash)
+from benchmarks.devtools import FLAGS, Browser, BrowserError, Message, Page, find_chromium, spki_hash
 
 __all__ = ["FLAGS", "Browser", "BrowserError", "Message", "Page", "find_chromium", "spki_hash"]
