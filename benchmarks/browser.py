@@ -12,8 +12,8 @@ Performance API gives first contentful paint (the `paint` entry), largest conten
 last `largest-contentful-paint` entry, from a buffered PerformanceObserver), DOMContentLoaded and
 the load event (the navigation timing entry), each in ms from the start of the navigation.
 Before the measured loads of a cell, each server gets one unmeasured load (its caches filled, as a
-server's are after its first visitor). Loads go round the servers in turn (server A, B, C, A, B, C, ...), so a disturbance of the machine
-spreads over all of them; the table gives medians.
+server's are after its first visitor). Loads go round the servers in turn (server A, B, C, A, B,
+C, ...), so a disturbance of the machine spreads over all of them; the table gives medians.
 
 Servers, each started here on the same site and certificate: h2serve as it ships (h2, 103 Early
 Hints, RFC 9218 priorities), h2serve `--priorities off`, h2serve `--alpn http/1.1`, nginx and h2o
