@@ -163,12 +163,7 @@ def generate(folder: Path, count: int, *, css: int, js: int, fonts: int, total: 
         else:
             body = _binary(rng, size, kind)
         file.write_bytes(body)
-    (folder / "index.html").write_text(html, encoding="utf-8")
-    (folder / "404.html").write_text("<!DOCTYPE html><title>Not found</title><h1>Not found</h1>\n")
-    manifest = folder / "push_manifest.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    subprocess.run([sys.executable, "-m", "h2serve", "manifest", str(folder), "-o", str(manifest)],
-                   check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
+    manifest = _write_page(folder, html)
     label = name or folder.name
     return SiteSpec(label, folder, folder / "static", manifest, folder,
                     f"generated: {count} assets ({css} CSS, {js} JS, {fonts} fonts, {images} images)")
@@ -249,12 +244,19 @@ def generate_hero(folder: Path, *, small_images: int = 24, seed: int = 2024) -> 
 </body>
 </html>
 """
+    manifest = _write_page(folder, html)
+    return SiteSpec(HERO, folder, folder / "static", manifest, folder,
+                    f"generated: render-blocking CSS (40 KiB) and JS (60 KiB), a 120 KiB hero "
+                    f"image (the LCP element) and {small_images} small images")
+
+
+def _write_page(folder: Path, html: str) -> Path:
+    """The index page and a 404 page, and the push manifest `h2serve manifest` derives from them
+    (run from this checkout); the manifest's path."""
     (folder / "index.html").write_text(html, encoding="utf-8")
     (folder / "404.html").write_text("<!DOCTYPE html><title>Not found</title><h1>Not found</h1>\n")
     manifest = folder / "push_manifest.json"
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     subprocess.run([sys.executable, "-m", "h2serve", "manifest", str(folder), "-o", str(manifest)],
                    check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
-    return SiteSpec(HERO, folder, folder / "static", manifest, folder,
-                    f"generated: render-blocking CSS (40 KiB) and JS (60 KiB), a 120 KiB hero "
-                    f"image (the LCP element) and {small_images} small images")
+    return manifest
