@@ -43,8 +43,8 @@ from ..site.body import Response
 from . import lifecycle as lc
 from .compat import ServerConnection
 from .exchange import Deferred, Exchange, Host, Services
-from .h2guard import FrameBudgets, FrameGuard, Refusal
-from .h2priority import NO_RFC7540_PRIORITIES, PRIORITY_UPDATE, PrioritySignals
+from .h2guard import PRIORITY_UPDATE, FrameBudgets, FrameGuard, Refusal
+from .h2priority import NO_RFC7540_PRIORITIES, PrioritySignals
 from .h2sched import SendScheduler, Stream
 from .hpackcache import CachedEncoder
 

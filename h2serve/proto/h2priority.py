@@ -23,7 +23,6 @@ from h2.errors import ErrorCodes
 from .h2guard import Refusal
 from .priority import DEFAULT, Priority, parse_priority, parse_priority_update, priority_from_headers
 
-PRIORITY_UPDATE = 0x10        # frame type (RFC 9218 section 7.1)
 NO_RFC7540_PRIORITIES = 0x9   # setting (RFC 9218 section 2.1)
 MAX_EARLY = 100               # updates kept for streams not yet open
 
