@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="TOML", help="read options from this TOML file first")
     sections = {name: parser.add_argument_group(name, about) for name, about in GROUPS.items()}
     for f in dataclasses.fields(Config):
-        add_config_option(sections[f.metadata["group"]], f.name)
+        if not f.metadata["table"]:  # [[redirect]] and the like: TOML tables only
+            add_config_option(sections[f.metadata["group"]], f.name)
     return parser
 
 
@@ -69,7 +70,7 @@ def add_config_option(parser: argparse._ActionsContainer, name: str) -> None:
 
 def _add_option(parser: argparse._ActionsContainer, f: dataclasses.Field[Any], hint: Any) -> None:
     meta = f.metadata
-    flag = "--" + f.name.replace("_", "-")
+    flag = meta["flag"] or "--" + f.name.replace("_", "-")
     default: Any = f.default
     kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "metavar": meta["metavar"]}
     help_text = meta["help"]

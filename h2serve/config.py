@@ -22,6 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .site.rulespec import (
+    AuthRule,
+    HeaderRule,
+    RedirectRule,
+    RuleError,
+    check_fallback,
+    check_origin,
+    parse_rules,
+)
+
 
 class ConfigError(Exception):
     """A setting that cannot work; the message says which and what to fix."""
@@ -32,6 +42,8 @@ GROUPS = {
     "TLS": "the HTTPS listeners and their certificate",
     "site": "what is served, and how files are looked up",
     "caching": "Cache-Control headers",
+    "rules": "site rules: SPA fallback, CORS, security headers (redirects, per-path headers and "
+             "basic auth are [[redirect]], [[headers]] and [[auth]] tables of the --config file)",
     "push": "HTTP/2 server push, preload links and 103 Early Hints",
     "HTTP/2": "HTTP/2 settings, and cleartext HTTP/2 (h2c) behind a proxy",
     "limits": "timeouts and caps that protect the server from slow or greedy clients",
@@ -41,17 +53,20 @@ GROUPS = {
 
 
 def option(default: Any, help: str, *, group: str, metavar: str | None = None,
-           list_sep: str | None = None, off_flag: bool = False) -> Any:
+           list_sep: str | None = None, off_flag: bool = False, flag: str | None = None,
+           table: bool = False) -> Any:
     """A dataclass field with the help text the CLI shows for it, in `--help` section `group`.
 
     `list_sep` marks list options given once with separators (`--alpn h2,http/1.1`); other list
     options repeat (`--bind A --bind B`). `off_flag` gives a text option a `--no-NAME` that sets it
-    to "" (off), as in `--push-cookie NAME` / `--no-push-cookie`.
+    to "" (off), as in `--push-cookie NAME` / `--no-push-cookie`. `flag` names the command-line
+    option when it is not the field's name (`--cors-origin`, repeated, for `cors_origins`). `table`
+    marks an array of TOML tables (`[[redirect]]`): TOML only, no command-line option.
     """
     if group not in GROUPS:
         raise ValueError(f"option group {group!r} is not one of {', '.join(GROUPS)}")
     meta = {"help": help, "group": group, "metavar": metavar, "list_sep": list_sep,
-            "off_flag": off_flag}
+            "off_flag": off_flag, "flag": flag, "table": table}
     return field(default=default, metadata=meta)
 
 
@@ -155,6 +170,23 @@ class Config:
         "(all adds HTTP/1.1, where old clients may choke)", metavar="WHEN", group="push")
     reload: bool = option(
         False, "re-read the push map when it changes (SIGHUP always re-reads it)", group="push")
+    fallback: str | None = option(
+        None, "single-page apps: answer a GET or HEAD navigation (Sec-Fetch-Dest: document, or an "
+        "Accept naming text/html) for a path with no file with this page of the site, status 200; "
+        "other requests for missing paths still get 404", metavar="PAGE", group="rules")
+    cors_origins: tuple[str, ...] = option(
+        (), "origin allowed to read answers cross-origin (CORS), e.g. https://app.example.com, or * "
+        "(repeatable); preflights from it are answered 204", metavar="ORIGIN", flag="--cors-origin",
+        group="rules")
+    security_headers: bool = option(
+        True, "send X-Content-Type-Options, Referrer-Policy and X-Frame-Options with every answer, "
+        "and Strict-Transport-Security over TLS with a --cert certificate", group="rules")
+    redirect: tuple[RedirectRule, ...] = option(
+        (), "[[redirect]] tables: from, to, status", group="rules", table=True)
+    headers: tuple[HeaderRule, ...] = option(
+        (), "[[headers]] tables: path, set", group="rules", table=True)
+    auth: tuple[AuthRule, ...] = option(
+        (), "[[auth]] tables: path, htpasswd, realm", group="rules", table=True)
     workers: int | str = option(
         1, "worker processes serving the same sockets: a number, or auto for one per usable CPU; "
         "above 1 a supervisor binds the sockets, starts the workers and restarts any that dies",
@@ -206,6 +238,15 @@ class Config:
             raise ConfigError("timeouts must be positive numbers of seconds")
         if self.graceful_timeout < 0 or self.handshake_timeout <= 0:
             raise ConfigError("timeouts must be positive numbers of seconds")
+        self._validate_rules()
+
+    def _validate_rules(self) -> None:
+        """The site rules' checks that need more than one field: the fallback page must exist."""
+        if self.fallback is not None:
+            base = Path(self.root if self.root is not None else self.templates)
+            page = base / self.fallback
+            if base.is_dir() and not page.is_file():
+                raise ConfigError(f"--fallback {self.fallback}: no such file in {base}")
 
     def worker_count(self) -> int:
         """How many worker processes `workers` means: `auto` is one per CPU this process may use."""
@@ -230,7 +271,10 @@ class Config:
             name = key.replace("-", "_")
             if name not in names:
                 raise ConfigError(f"--config {path}: unknown option {key!r}")
-            expected = _type_problem(hints[name], value)
+            expected = ("an array of tables ([[" + key + "]])"
+                        if _FIELDS[name].metadata["table"] and not isinstance(value, list)
+                        else None if _FIELDS[name].metadata["table"]
+                        else _type_problem(hints[name], value))
             if expected is not None:
                 raise ConfigError(f"--config {path}: {key} must be {expected}, not {value!r}")
             values[name] = value
@@ -256,11 +300,23 @@ def _normalised(config: Config) -> list[tuple[str, Any]]:
     changes: list[tuple[str, Any]] = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if f.metadata["table"]:
+            try:
+                changes.append((f.name, parse_rules(f.name, value)))
+            except RuleError as e:
+                raise ConfigError(str(e)) from None
+            continue
         if isinstance(f.default, tuple) and not isinstance(value, tuple):
             if isinstance(value, str | bytes):  # tuple("h2") would be ("h", "2")
                 raise ConfigError(f"--{f.name.replace('_', '-')}: expected a list, not {value!r}")
             changes.append((f.name, tuple(value)))
     changes.append(("workers", parse_workers(config.workers)))
+    try:
+        origins = tuple(check_origin(o) for o in dict(changes).get("cors_origins", config.cors_origins))
+        fallback = None if config.fallback is None else check_fallback(config.fallback)
+    except RuleError as e:
+        raise ConfigError(str(e)) from None
+    changes += [("cors_origins", origins), ("fallback", fallback)]
     return changes
 
 
