@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..site.blocking import WouldBlock
 from ..site.body import Response
+from ..site.rules import Request, SiteRules
 
 if TYPE_CHECKING:
     from ..accesslog import AccessLog
@@ -71,14 +72,22 @@ class Engine(Protocol):
 
 @dataclass
 class Services:
-    """What every connection of one server shares: settings, the site, push, the access log, and
-    the worker threads for blocking work."""
+    """What every connection of one server shares: settings, the site, its rules, push, the access
+    log, and the worker threads for blocking work.
+
+    The site rules are compiled from `config` here, and the pusher told which paths they keep from
+    push plans (a path that redirects or needs credentials is neither pushed nor hinted)."""
 
     config: Config
     site: Site
     pusher: Pusher
     access_log: AccessLog
     work: WorkPool | None = None
+    rules: SiteRules = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rules = SiteRules(self.config, self.site)
+        self.pusher.allow = self.rules.pushable if self.rules.blocks_push else None
 
 
 @dataclass(slots=True)
@@ -116,6 +125,7 @@ class Exchange:
     response: Response | None = None
     plan: PushPlan | None = field(default=_UNSET)  # type: ignore[assignment]  # _UNSET: not asked yet
     _logged: bool = False
+    _request: Request | None = None
 
     def answer(self) -> Response | Deferred:
         """The response (its push plan in `plan`), or the blocking work that must run first; errors
@@ -123,8 +133,7 @@ class Exchange:
         response = self.response
         if response is None:
             try:
-                response = self.response = self.services.site.respond(
-                    self.method, self.target, self.headers, block=False)
+                response = self.response = self.services.rules.respond(self._ruled(), block=False)
             except WouldBlock as e:
                 return Deferred(e.kind, self._respond_blocking)
         if self.plan is _UNSET:
@@ -142,8 +151,21 @@ class Exchange:
         return response
 
     def _respond_blocking(self) -> None:
-        self.response = self.services.site.respond(
-            self.method, self.target, self.headers, block=True)
+        self.response = self.services.rules.respond(self._ruled(), block=True)
+
+    def _ruled(self) -> Request:
+        """The request as the site rules see it. Whether it came over TLS (for HSTS) is asked of the
+        connection only when it matters; a pushed response's `:scheme` is the server's own."""
+        if self._request is None:
+            secure = False
+            if self.services.rules.hsts:
+                if self.facts is not None:
+                    secure = self.facts(self).scheme == "https"
+                else:
+                    secure = (b":scheme", b"https") in self.headers
+            self._request = Request(self.method, self.target, self.headers, self.authority,
+                                    self.client, secure)
+        return self._request
 
     def _plan_blocking(self, client: Client) -> None:
         assert self.response is not None and self.response.file is not None

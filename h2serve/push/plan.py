@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..config import Config, default_of
@@ -122,6 +122,9 @@ class Pusher:
         self.preload_links = preload_links
         self.early_hints = early_hints
         self.cookie_name = cookie_name  # None: no push cookie
+        # Which map entries may be pushed and hinted for a request to a host (path, :authority):
+        # the site rules keep out a path that redirects or needs credentials (proto/exchange.py).
+        self.allow: Callable[[str, bytes], bool] | None = None
 
     @classmethod
     def from_config(cls, config: Config, site: Site, push_map: PushMap = EMPTY) -> Pusher:
@@ -144,6 +147,9 @@ class Pusher:
         if one is not loaded (nothing is changed by a plan that raises; ask again with block=True,
         in a worker thread)."""
         entries = self.map.entries_for(page)
+        if entries and self.allow is not None:
+            allow, authority = self.allow, client.authority
+            entries = tuple(e for e in entries if allow(e.path, authority))
         if not entries:
             return None
         plan = PushPlan()

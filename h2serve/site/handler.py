@@ -289,6 +289,16 @@ class Site:
 
     # -- lookup ------------------------------------------------------------------------------
 
+    def url_path(self, entry: FileEntry) -> str | None:
+        """The URL path naming a looked-up file itself (`/docs/index.html` for what `/docs/`
+        serves, `/about.html` for `/about`), for rules that must hold whichever name reached it."""
+        for mount in self.mounts:
+            root = str(mount.root) + os.sep
+            if entry.path.startswith(root):
+                rest = entry.path[len(root):].replace(os.sep, "/")
+                return "/" + "/".join((*mount.prefix, rest))
+        return None
+
     def lookup(self, segments: tuple[str, ...], *, block: bool = True) -> FileEntry | None:
         """The file a decoded path names, or None. Only regular files inside a mount qualify.
         `block=False`: from memory only, else WouldBlock("io")."""
@@ -374,7 +384,8 @@ def _existing_dir(path: str, option: str) -> Path:
     return p.resolve()
 
 
-REASONS = {301: "Moved Permanently", 400: "Bad Request", 404: "Not Found",
+REASONS = {301: "Moved Permanently", 302: "Found", 303: "See Other", 307: "Temporary Redirect",
+           308: "Permanent Redirect", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            405: "Method Not Allowed", 412: "Precondition Failed", 413: "Content Too Large",
            414: "URI Too Long", 416: "Range Not Satisfiable", 431: "Request Header Fields Too Large",
            500: "Internal Server Error", 503: "Service Unavailable"}

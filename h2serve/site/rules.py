@@ -1,0 +1,296 @@
+"""Site rules, applied around the file handler: redirects, basic auth, CORS, SPA fallback, headers.
+
+`SiteRules.respond` is what the protocol-neutral request layer (proto/exchange.py) asks instead of
+`Site.respond`, for every request and every pushed response, over HTTP/2 and HTTP/1.1 alike. In
+the order nginx's phases and Caddy's directive order give them:
+
+1. a CORS preflight from an allowed origin is answered 204 (browsers send preflights without
+   credentials, so it must not need auth);
+2. `[[redirect]]`: the first rule whose `from` matches answers with its status and `Location`
+   (the query string kept), before anything is looked up or asked for a password;
+3. `[[auth]]`: a path a rule covers needs credentials (401 otherwise), checked before the file is
+   looked up, so a client without them learns nothing of what exists;
+4. the file handler; a 404 to a GET or HEAD navigation is answered with the `fallback` page. Auth
+   is checked once more against the URL of the file actually served (`/admin` serves
+   `admin.html`, `/docs/` serves `docs/index.html`), so a rule on the file's own name holds
+   whichever name reached it;
+5. on the answer, whatever it is: `Cache-Control: private` if it needed credentials, the security
+   headers, CORS headers, then every matching `[[headers]]` rule in order (later ones win).
+
+Paths are matched decoded and normalised exactly as the handler looks them up (`split_target`), so
+`/%61dmin/` or `//admin/` is `/admin/` to a rule as to the file system. A path that redirects or
+needs auth is never pushed nor hinted: the push plan asks `pushable` (push/plan.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import quote, quote_from_bytes
+
+from .auth import Guard
+from .body import Headers, Response
+from .coding import accepted
+from .cors import Cors
+from .paths import BadTarget, split_target
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from .handler import Site
+
+log = logging.getLogger("h2serve")
+
+SECURITY_HEADERS: Headers = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"strict-origin-when-cross-origin"),
+    (b"x-frame-options", b"SAMEORIGIN"),
+]
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+# Request headers the rules read.
+CONSULTED = frozenset({b"origin", b"access-control-request-method", b"access-control-request-headers",
+                       b"authorization", b"sec-fetch-dest", b"accept"})
+# Sec-Fetch-Dest values of a navigation: a top-level page or one in a frame.
+NAVIGATIONS = frozenset({b"document", b"iframe", b"frame"})
+PCHAR = "/!$&'()*+,;=:@~"  # kept as they are when a matched path is put into a Location
+QUERY_SAFE = b"/?&=+:;,@!$'()*~%"
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """A path glob as a regular expression: `*` is any run of characters within one segment, and a
+    `**` segment any number of segments, none included (`/static/**` matches `/static`,
+    `/static/` and `/static/a/b.css`; `/a/**/b` matches `/a/b`)."""
+    regex = ""
+    for part in pattern.split("/")[1:]:
+        if part == "**":
+            regex += "(?:/.*)?"
+        else:
+            regex += "/" + "[^/]*".join(re.escape(p) for p in part.split("*"))
+    return re.compile((regex or "/") + r"\Z", re.DOTALL)
+
+
+def request_host(authority: bytes) -> str:
+    """The host name of `:authority` or Host, lower case, without the port."""
+    text = authority.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text.split("]", 1)[0] + "]"
+    return text.rpartition(":")[0] if ":" in text else text
+
+
+@dataclass(slots=True)
+class Request:
+    """What the rules need to know of a request; `secure`: it came over TLS."""
+
+    method: str
+    target: bytes
+    headers: Headers
+    authority: bytes = b""
+    client: str = "-"
+    secure: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Redirect:
+    exact: str | None   # the whole path, or
+    prefix: str | None  # what it starts with (the `*` matches the rest)
+    to: str
+    status: int
+    host: str | None
+
+
+class SiteRules:
+    """The rules of one site, compiled from its Config."""
+
+    def __init__(self, config: Config, site: Site) -> None:
+        self.site = site
+        self.redirects = [
+            _Redirect(None if r.source.endswith("*") else r.source,
+                      r.source[:-1] if r.source.endswith("*") else None, r.to, r.status, r.host)
+            for r in config.redirect]
+        self.header_rules = [(compile_glob(h.path), h.host,
+                              [(n.encode(), v.encode()) for n, v in h.set]) for h in config.headers]
+        self.guards = [(compile_glob(a.path), a.host, Guard(a)) for a in config.auth]
+        self.cors = Cors(config.cors_origins) if config.cors_origins else None
+        self.fallback = (b"/" + quote(config.fallback).encode()) if config.fallback else None
+        self.security = SECURITY_HEADERS if config.security_headers else []
+        self.hsts = config.security_headers and config.cert is not None
+        self._pushable: dict[tuple[str, str], bool] = {}
+        # Whether anything beyond the security headers applies: most sites have no rules, and
+        # their requests should not pay for reading headers and paths no rule looks at.
+        self.active = bool(self.redirects or self.header_rules or self.guards or self.cors
+                           or self.fallback)
+
+    @property
+    def blocks_push(self) -> bool:
+        """Whether any path could be kept from the push plan (a redirect or an auth rule)."""
+        return bool(self.redirects or self.guards)
+
+    # -- the answer --------------------------------------------------------------------------
+
+    def respond(self, req: Request, *, block: bool = True) -> Response:
+        """The answer to `req`, rules applied. `block=False`: as `Site.respond`, WouldBlock when a
+        file is not in memory or a password needs a bcrypt check."""
+        if not self.active:
+            answer = self.site.respond(req.method, req.target, req.headers, block=block)
+            answer.headers += self.security  # the handler never sets these itself
+            if self.hsts and req.secure:
+                answer.headers.append(HSTS)
+            return answer
+        request = _consulted(req.headers)
+        path = _path(req.target)
+        host = request_host(req.authority)
+        guard: Guard | None = None
+        protected = preflight = False
+        response = None
+        if self.cors is not None:
+            response = self.cors.preflight(req.method, request, self.site.server)
+            preflight = response is not None
+        if response is None and path is not None:
+            response = self._redirect(req, path, host)
+        if response is None and path is not None and self.guards:
+            guard = self.guard_for(path, host)
+            if guard is not None:
+                response = self._check(guard, req, request, path, block)
+                protected = response is None
+        if response is None:
+            response = self.site.respond(req.method, req.target, req.headers, block=block)
+            if (self.fallback is not None and response.status == 404 and response.file is None
+                    and req.method in ("GET", "HEAD") and _navigation(request)):
+                _release(response)
+                response = self.site.respond(req.method, self.fallback, req.headers, block=block)
+            if self.guards and response.file is not None:
+                second = self.guard_for(self.site.url_path(response.file), host)
+                if second is not None and second is not guard:
+                    try:
+                        refused = self._check(second, req, request, path or "", block)
+                    except BaseException:
+                        _release(response)
+                        raise
+                    if refused is not None:
+                        _release(response)
+                        response = refused
+                    protected = refused is None
+        self._decorate(response, req, request, path, host, protected, preflight)
+        return response
+
+    def _redirect(self, req: Request, path: str, host: str) -> Response | None:
+        for rule in self.redirects:
+            if rule.host is not None and rule.host != host:
+                continue
+            if rule.exact is not None:
+                if path != rule.exact:
+                    continue
+                location = rule.to
+            elif path.startswith(rule.prefix or ""):
+                location = rule.to.replace("*", quote(path[len(rule.prefix or ""):], safe=PCHAR))
+            else:
+                continue
+            _, sep, query = req.target.partition(b"?")
+            if sep:
+                location += ("&" if "?" in location else "?") + quote_from_bytes(query, safe=QUERY_SAFE)
+            return self.site.error(rule.status, req.method, extra=[(b"location", location.encode())])
+        return None
+
+    def guard_for(self, path: str | None, host: str) -> Guard | None:
+        """The `[[auth]]` rule covering `path` (the last that matches), or None."""
+        if path is None:
+            return None
+        found = None
+        for pattern, rule_host, guard in self.guards:
+            if (rule_host is None or rule_host == host) and pattern.match(path):
+                found = guard
+        return found
+
+    def _check(self, guard: Guard, req: Request, request: dict[bytes, bytes], path: str,
+               block: bool) -> Response | None:
+        """None if the request's credentials pass `guard`, else the 401 answer."""
+        authorization = request.get(b"authorization")
+        ok, user = guard.check(authorization, block=block)
+        if ok:
+            return None
+        if authorization is not None:
+            # The user name as given (repr: no control characters reach the log); never the password.
+            log.warning("basic auth failed: user %r from %s for %s %s", user, req.client, req.method,
+                        path)
+        return self.site.error(401, req.method, extra=[(b"www-authenticate", guard.challenge)])
+
+    def _decorate(self, response: Response, req: Request, request: dict[bytes, bytes],
+                  path: str | None, host: str, protected: bool, preflight: bool) -> None:
+        headers = response.headers
+        if protected:
+            _make_private(headers)
+        headers += self.security  # the handler never sets these itself; [[headers]] may, below
+        if self.hsts and req.secure:
+            headers.append(HSTS)
+        if self.cors is not None and not preflight:
+            self.cors.decorate(headers, request.get(b"origin"))
+        if path is not None:
+            for pattern, rule_host, ops in self.header_rules:
+                if (rule_host is None or rule_host == host) and pattern.match(path):
+                    for name, value in ops:
+                        headers[:] = [(n, v) for n, v in headers if n != name]
+                        if value:
+                            headers.append((name, value))
+
+    # -- push --------------------------------------------------------------------------------
+
+    def pushable(self, path: str, authority: bytes) -> bool:
+        """Whether a push map entry may be pushed and hinted: not if a request for it would be
+        redirected or need credentials (a push carries none). Remembered per path and host."""
+        host = request_host(authority)
+        known = self._pushable.get((path, host))
+        if known is None:
+            decoded = _path(path.encode())
+            known = decoded is not None and self.guard_for(decoded, host) is None and not any(
+                (r.host is None or r.host == host)
+                and (decoded == r.exact if r.exact is not None else decoded.startswith(r.prefix or ""))
+                for r in self.redirects)
+            if len(self._pushable) < 4096:
+                self._pushable[(path, host)] = known
+        return known
+
+
+def _consulted(headers: Headers) -> dict[bytes, bytes]:
+    out: dict[bytes, bytes] = {}
+    for name, value in headers:
+        if name in CONSULTED:
+            out[name] = out[name] + b", " + value if name in out else value
+    return out
+
+
+def _path(target: bytes) -> str | None:
+    """The decoded, normalised path of a target (`/a/b/` for `//a/%62/?q`), or None if the
+    handler would refuse it (400)."""
+    try:
+        return "/" + "/".join(split_target(target))
+    except BadTarget:
+        return None
+
+
+def _navigation(request: dict[bytes, bytes]) -> bool:
+    """A browser navigation: Sec-Fetch-Dest says so, or, without it, Accept names text/html (not
+    merely */*, which every fetch and curl sends)."""
+    dest = request.get(b"sec-fetch-dest")
+    if dest is not None:
+        return dest.strip().lower() in NAVIGATIONS
+    return accepted(request.get(b"accept")).get("text/html", 0.0) > 0
+
+
+_PUBLIC = re.compile(r"(?:^|,)\s*public\s*(?=,|$)", re.IGNORECASE)
+
+
+def _make_private(headers: Headers) -> None:
+    """Cache-Control of an answer that needed credentials: `private` first, `public` dropped, the
+    rest kept (`no-cache`, a max-age), so no shared cache stores it and browsers still revalidate."""
+    for i, (name, value) in enumerate(headers):
+        if name == b"cache-control":
+            rest = _PUBLIC.sub("", value.decode("latin-1")).strip(" ,")
+            headers[i] = (name, ("private, " + rest if rest else "private").encode())
+            return
+    headers.append((b"cache-control", b"private"))
+
+
+def _release(response: Response) -> None:
+    if response.body is not None:
+        response.body.close()
