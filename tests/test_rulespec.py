@@ -117,3 +117,19 @@ def test_auth_without_bcrypt_says_what_to_install(tmp_path: Path, monkeypatch: p
     with pytest.raises(ConfigError, match=re.escape("[[auth]] #1: bcrypt is not installed (pip install "
                                                     "'h2serve[auth]')")):
         Config(templates=str(TEMPLATES), static=str(STATIC), auth=[{"path": "/**", "htpasswd": str(users)}])
+
+
+def test_the_readme_example_is_a_valid_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's complete example under "Site rules" loads as it is written (beside its site folder
+    and htpasswd file), so the documentation cannot drift from the interface."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n## Site rules\n", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    make_site(tmp_path / "public")
+    htpasswd_file(tmp_path, {"ann": "pw"}).rename(tmp_path / "users.htpasswd")
+    (tmp_path / "h2serve.toml").write_text(example)
+    monkeypatch.chdir(tmp_path)
+    config = Config.from_toml("h2serve.toml")
+    assert [r.source for r in config.redirect] == ["/blog/*", "/old-docs"]
+    assert config.redirect[0].status == 308 and len(config.headers) == 3
+    assert config.auth[0].realm == "Staff only" and config.fallback == "index.html"
