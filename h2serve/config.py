@@ -27,6 +27,7 @@ from .site.rulespec import (
     HeaderRule,
     RedirectRule,
     RuleError,
+    SiteSpec,
     check_fallback,
     check_origin,
     parse_rules,
@@ -181,6 +182,9 @@ class Config:
     security_headers: bool = option(
         True, "send X-Content-Type-Options, Referrer-Policy and X-Frame-Options with every answer, "
         "and Strict-Transport-Security over TLS with a --cert certificate", group="rules")
+    site: tuple[SiteSpec, ...] = option(
+        (), "[[site]] tables (virtual hosts): host, root, cert, key, push-manifest, fallback",
+        group="site", table=True)
     redirect: tuple[RedirectRule, ...] = option(
         (), "[[redirect]] tables: from, to, status", group="rules", table=True)
     headers: tuple[HeaderRule, ...] = option(
@@ -247,6 +251,40 @@ class Config:
             page = base / self.fallback
             if base.is_dir() and not page.is_file():
                 raise ConfigError(f"--fallback {self.fallback}: no such file in {base}")
+        self._validate_sites()
+
+    def _validate_sites(self) -> None:
+        """`[[site]]`: each root a folder, none inside another (their files share one cache, keyed
+        by path), each name served by one site, each file there; a rule's `host` names a site's."""
+        owner: dict[str, int] = {}
+        roots: list[tuple[Path, int]] = []
+        for number, spec in enumerate(self.site, 1):
+            where = f"[[site]] #{number}"
+            for name in spec.host:
+                if name in owner:
+                    raise ConfigError(f"{where} host: {name!r} is already a host of [[site]] #{owner[name]}")
+                owner[name] = number
+            root = Path(spec.root)
+            if not root.is_dir():
+                raise ConfigError(f"{where} root: {spec.root}: no such folder")
+            resolved = root.resolve()
+            for other, n in roots:
+                if resolved == other or resolved.is_relative_to(other) or other.is_relative_to(resolved):
+                    raise ConfigError(f"{where} root: {spec.root} is inside or holds the root of "
+                                      f"[[site]] #{n}; give each site a folder of its own")
+            roots.append((resolved, number))
+            for key, path in (("cert", spec.cert), ("key", spec.key), ("push-manifest", spec.push_manifest)):
+                if path is not None and not os.path.isfile(path):
+                    raise ConfigError(f"{where} {key}: {path}: no such file")
+            if spec.fallback is not None and not (root / spec.fallback).is_file():
+                raise ConfigError(f"{where} fallback: {spec.fallback}: no such file in {spec.root}")
+        if owner:
+            tables: tuple[tuple[str, tuple[RedirectRule | HeaderRule | AuthRule, ...]], ...] = (
+                ("redirect", self.redirect), ("headers", self.headers), ("auth", self.auth))
+            for kind, rules in tables:
+                for number, rule in enumerate(rules, 1):
+                    if rule.host is not None and rule.host not in owner:
+                        raise ConfigError(f"[[{kind}]] #{number} host: {rule.host!r} is no [[site]]'s host")
 
     def worker_count(self) -> int:
         """How many worker processes `workers` means: `auto` is one per CPU this process may use."""
@@ -317,7 +355,24 @@ def _normalised(config: Config) -> list[tuple[str, Any]]:
     except RuleError as e:
         raise ConfigError(str(e)) from None
     changes += [("cors_origins", origins), ("fallback", fallback)]
+    sites = dict(changes).get("site", ())
+    if sites:
+        # The first [[site]] is the default one: the top-level settings it has are its own, so the
+        # parts of the server that know one site (listeners, TLS, push map reloads) serve it as is.
+        first, top = sites[0], {**vars_of(config), "fallback": fallback}
+        for name in ("root", "cert", "key", "push_manifest", "fallback"):
+            value = getattr(first, name)
+            if value is None and name in ("cert", "key"):
+                continue  # a top-level --cert serves every site without one of its own
+            if top[name] is not None and top[name] != value:
+                raise ConfigError(f"--{name.replace('_', '-')}: with [[site]], give it in the "
+                                  f"[[site]] it belongs to (the first is the default site)")
+            changes.append((name, value))
     return changes
+
+
+def vars_of(config: Config) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
 
 
 def _type_problem(hint: Any, value: Any) -> str | None:

@@ -42,6 +42,7 @@ from .push.plan import Pusher
 from .site.handler import Policy, Site
 from .site.watch import Watcher
 from .site.workpool import WorkPool
+from .vhosts import add_sni, other_sites, site_config
 
 log = logging.getLogger("h2serve")
 
@@ -103,7 +104,7 @@ class Server:
         ssl_ctx = self._ssl_context()
         access_log = self._access_log()
         pusher = Pusher.from_config(cfg, site, push_map_for(cfg, site))
-        self.services = Services(cfg, site, pusher, access_log, WorkPool())
+        self.services = Services(cfg, site, pusher, access_log, WorkPool(), other_sites(cfg, site))
         self.registry.room_made = self._room_made
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
         try:
@@ -125,6 +126,7 @@ class Server:
         self._ssl_context()
         self._access_log().close()
         self.push_map = push_map_for(cfg, site)
+        other_sites(cfg, site)  # [[site]]: their folders and push maps
         bound = bind_all(cfg)
         for (addr, tls), sockets in zip(addresses(cfg), bound, strict=True):
             self.listeners += _listeners(addr, sockets, tls)
@@ -137,7 +139,11 @@ class Server:
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         cfg = self.config
-        return make_ssl_context(*self._certificate(), cfg.alpn) if cfg.bind else None
+        if not cfg.bind:
+            return None
+        ctx = make_ssl_context(*self._certificate(), cfg.alpn)
+        add_sni(ctx, cfg)  # [[site]]: each site's own certificate, by the name the client asks for
+        return ctx
 
     def _access_log(self) -> AccessLog:
         try:
@@ -196,10 +202,14 @@ class Server:
         assert self.services is not None
         try:
             new = push_map_for(self.config, self.services.site)
+            others = [(pusher, push_map_for(site_config(self.config, spec), site))
+                      for spec, site, pusher in self.services.others]  # [[site]]: theirs too
         except ConfigError as e:
             log.error("push map not reloaded, keeping the old one: %s", e)
             return False
         self.services.pusher.map = new
+        for pusher, their in others:
+            pusher.map = their
         log.info("push map reloaded: %s", describe_map(new))
         return True
 

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..site.blocking import WouldBlock
 from ..site.body import Response
-from ..site.rules import Request, SiteRules
+from ..site.rules import Request, SiteRules, request_host
 
 if TYPE_CHECKING:
     from ..accesslog import AccessLog
     from ..config import Config
     from ..push.plan import Client, Pusher, PushPlan
     from ..site.handler import Site
+    from ..site.rulespec import SiteSpec
     from ..site.workpool import WorkPool
     from .lifecycle import Lifecycle
 
@@ -70,24 +71,53 @@ class Engine(Protocol):
     def wants_read(self) -> bool: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One site as a request sees it: its files, its push map and its rules."""
+
+    site: Site
+    pusher: Pusher
+    rules: SiteRules
+
+
 @dataclass
 class Services:
-    """What every connection of one server shares: settings, the site, its rules, push, the access
-    log, and the worker threads for blocking work.
+    """What every connection of one server shares: settings, the sites, their rules and push maps,
+    the access log, and the worker threads for blocking work.
 
-    The site rules are compiled from `config` here, and the pusher told which paths they keep from
-    push plans (a path that redirects or needs credentials is neither pushed nor hinted)."""
+    `site` and `pusher` are the default site's (the only one without `[[site]]`); `others` the
+    other virtual hosts' (their spec, site and pusher). The site rules are compiled from `config`
+    here, and each pusher told which paths they keep from its push plans (a path that redirects or
+    needs credentials is neither pushed nor hinted)."""
 
     config: Config
     site: Site
     pusher: Pusher
     access_log: AccessLog
     work: WorkPool | None = None
+    others: tuple[tuple[SiteSpec, Site, Pusher], ...] = ()
     rules: SiteRules = field(init=False)
+    default: Served = field(init=False)
+    hosts: dict[str, Served] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rules = SiteRules(self.config, self.site)
-        self.pusher.allow = self.rules.pushable if self.rules.blocks_push else None
+        specs = self.config.site
+        self.rules = SiteRules(self.config, self.site, specs[0] if specs else None)
+        self.default = Served(self.site, self.pusher, self.rules)
+        self.hosts = dict.fromkeys(specs[0].host, self.default) if specs else {}
+        for spec, site, pusher in self.others:
+            served = Served(site, pusher, SiteRules(self.config, site, spec))
+            self.hosts.update(dict.fromkeys(spec.host, served))
+        for served in {id(s): s for s in (self.default, *self.hosts.values())}.values():
+            rules = served.rules
+            served.pusher.allow = rules.pushable if rules.blocks_push else None
+
+    def pick(self, authority: bytes) -> Served:
+        """The site a request is for: the one whose `host` names its :authority or Host (port
+        ignored, case-insensitive), else the default (the first)."""
+        if not self.hosts:
+            return self.default
+        return self.hosts.get(request_host(authority), self.default)
 
 
 @dataclass(slots=True)
@@ -126,39 +156,50 @@ class Exchange:
     plan: PushPlan | None = field(default=_UNSET)  # type: ignore[assignment]  # _UNSET: not asked yet
     _logged: bool = False
     _request: Request | None = None
+    _served: Served | None = None
 
     def answer(self) -> Response | Deferred:
         """The response (its push plan in `plan`), or the blocking work that must run first; errors
         propagate (the engine answers them as its protocol does: 500, or RST_STREAM INTERNAL_ERROR)."""
         response = self.response
+        served = self.served()
         if response is None:
             try:
-                response = self.response = self.services.rules.respond(self._ruled(), block=False)
+                response = self.response = served.rules.respond(self._ruled(), block=False)
             except WouldBlock as e:
                 return Deferred(e.kind, self._respond_blocking)
         if self.plan is _UNSET:
             self.plan = None
             file = response.file
             if (self.facts is not None and file is not None and response.status == 200
-                    and self.method in ("GET", "HEAD") and self.services.pusher.wants(file)):
+                    and self.method in ("GET", "HEAD") and served.pusher.wants(file)):
                 client = self.facts(self)
                 try:
-                    self.plan = self.services.pusher.plan(file, client, block=False)
+                    self.plan = served.pusher.plan(file, client, block=False)
                 except WouldBlock as e:
                     self.plan = _UNSET
                     return Deferred(e.kind, lambda: self._plan_blocking(client))
         self.status = response.status
         return response
 
+    def served(self) -> Served:
+        """The site this request is for (a pushed one's :authority is its page's)."""
+        if self._served is None:
+            authority = self.authority
+            if not authority and self.services.hosts:
+                authority = next((v for n, v in self.headers if n == b":authority"), b"")
+            self._served = self.services.pick(authority)
+        return self._served
+
     def _respond_blocking(self) -> None:
-        self.response = self.services.rules.respond(self._ruled(), block=True)
+        self.response = self.served().rules.respond(self._ruled(), block=True)
 
     def _ruled(self) -> Request:
         """The request as the site rules see it. Whether it came over TLS (for HSTS) is asked of the
         connection only when it matters; a pushed response's `:scheme` is the server's own."""
         if self._request is None:
             secure = False
-            if self.services.rules.hsts:
+            if self.served().rules.hsts:
                 if self.facts is not None:
                     secure = self.facts(self).scheme == "https"
                 else:
@@ -169,7 +210,7 @@ class Exchange:
 
     def _plan_blocking(self, client: Client) -> None:
         assert self.response is not None and self.response.file is not None
-        self.plan = self.services.pusher.plan(self.response.file, client, block=True)
+        self.plan = self.served().pusher.plan(self.response.file, client, block=True)
 
     def discard(self) -> None:
         """The answer will not be sent (the stream was reset, the connection is gone): release its

@@ -39,6 +39,7 @@ from .paths import BadTarget, split_target
 if TYPE_CHECKING:
     from ..config import Config
     from .handler import Site
+    from .rulespec import SiteSpec
 
 log = logging.getLogger("h2serve")
 
@@ -100,21 +101,35 @@ class _Redirect:
 
 
 class SiteRules:
-    """The rules of one site, compiled from its Config."""
+    """The rules of one site, compiled from its Config.
 
-    def __init__(self, config: Config, site: Site) -> None:
+    With virtual hosts (`[[site]]`) each site has its own, made with its `spec`: the rules whose
+    `host` is one of its names, or that have none; its fallback page; HSTS if its certificate (or
+    the default one that serves it) was given, not made for development."""
+
+    def __init__(self, config: Config, site: Site, spec: SiteSpec | None = None) -> None:
         self.site = site
+
+        def mine(host: str | None) -> bool:
+            return spec is None or host is None or host in spec.host
+
+        def keep(host: str | None) -> str | None:
+            return host if spec is None else None  # the site was chosen by its host already
+
         self.redirects = [
             _Redirect(None if r.source.endswith("*") else r.source,
-                      r.source[:-1] if r.source.endswith("*") else None, r.to, r.status, r.host)
-            for r in config.redirect]
-        self.header_rules = [(compile_glob(h.path), h.host,
-                              [(n.encode(), v.encode()) for n, v in h.set]) for h in config.headers]
-        self.guards = [(compile_glob(a.path), a.host, Guard(a)) for a in config.auth]
+                      r.source[:-1] if r.source.endswith("*") else None, r.to, r.status, keep(r.host))
+            for r in config.redirect if mine(r.host)]
+        self.header_rules = [(compile_glob(h.path), keep(h.host),
+                              [(n.encode(), v.encode()) for n, v in h.set])
+                             for h in config.headers if mine(h.host)]
+        self.guards = [(compile_glob(a.path), keep(a.host), Guard(a)) for a in config.auth if mine(a.host)]
         self.cors = Cors(config.cors_origins) if config.cors_origins else None
-        self.fallback = (b"/" + quote(config.fallback).encode()) if config.fallback else None
+        fallback = config.fallback if spec is None else spec.fallback
+        self.fallback = (b"/" + quote(fallback).encode()) if fallback else None
         self.security = SECURITY_HEADERS if config.security_headers else []
-        self.hsts = config.security_headers and config.cert is not None
+        cert = config.cert if spec is None else spec.cert or config.cert
+        self.hsts = config.security_headers and cert is not None
         self._pushable: dict[tuple[str, str], bool] = {}
         # Whether anything beyond the security headers applies: most sites have no rules, and
         # their requests should not pay for reading headers and paths no rule looks at.

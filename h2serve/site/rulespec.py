@@ -69,8 +69,22 @@ class AuthRule:
     users: tuple[tuple[str, bytes], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class SiteSpec:
+    """`[[site]]`: a virtual host, served for the names in `host` from `root`, with its own
+    certificate (picked by SNI), push map and fallback page if given."""
+
+    host: tuple[str, ...]
+    root: str
+    cert: str | None = None
+    key: str | None = None
+    push_manifest: str | None = None
+    fallback: str | None = None
+
+
 def parse_rules(kind: str, value: Any) -> tuple[Any, ...]:
-    """The specs of `kind` ("redirect", "headers", "auth") from a list of tables or of specs."""
+    """The specs of `kind` ("redirect", "headers", "auth", "site") from a list of tables or of
+    specs."""
     if isinstance(value, Mapping | str | bytes) or not isinstance(value, Iterable):
         raise RuleError(f"[[{kind}]]: expected an array of tables, not {value!r}")
     spec_type, parse = _PARSERS[kind]
@@ -81,6 +95,10 @@ def parse_rules(kind: str, value: Any) -> tuple[Any, ...]:
             item = _as_table(item)
         if not isinstance(item, Mapping):
             raise RuleError(f"{where}: expected a table, not {item!r}")
+        item = {str(k).replace("_", "-"): v for k, v in item.items()}  # as top-level options allow
+        unknown = [k for k in item if k not in KEYS[kind]]
+        if unknown:  # first: a misspelt key is the fault, not the key it leaves missing
+            raise RuleError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(KEYS[kind])})")
         out.append(parse(where, dict(item)))
     return tuple(out)
 
@@ -91,7 +109,12 @@ def _as_table(spec: Any) -> dict[str, Any]:
         return {"from": spec.source, "to": spec.to, "status": spec.status, "host": spec.host}
     if isinstance(spec, HeaderRule):
         return {"path": spec.path, "set": dict(spec.set), "host": spec.host}
-    return {"path": spec.path, "htpasswd": spec.htpasswd, "realm": spec.realm, "host": spec.host}
+    if isinstance(spec, SiteSpec):
+        return {"host": list(spec.host), "root": spec.root, "cert": spec.cert, "key": spec.key,
+                "push-manifest": spec.push_manifest, "fallback": spec.fallback}
+    if isinstance(spec, AuthRule):
+        return {"path": spec.path, "htpasswd": spec.htpasswd, "realm": spec.realm, "host": spec.host}
+    raise RuleError(f"not a rule: {spec!r}")
 
 
 def _take(where: str, table: dict[str, Any], key: str, kind: type, required: bool = True) -> Any:
@@ -233,6 +256,34 @@ def read_htpasswd(where: str, path: str) -> tuple[tuple[str, bytes], ...]:
     return tuple(users.items())
 
 
+HOST_NAME = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
+
+
+def _site(where: str, table: dict[str, Any]) -> SiteSpec:
+    hosts = _take(where, table, "host", list)
+    root = _take(where, table, "root", str)
+    cert = _take(where, table, "cert", str, required=False)
+    key = _take(where, table, "key", str, required=False)
+    manifest = _take(where, table, "push-manifest", str, required=False)
+    fallback = _take(where, table, "fallback", str, required=False)
+    _done(where, table)
+    if not hosts:
+        raise RuleError(f"{where} host: name at least one host")
+    names = []
+    for host in hosts:
+        if not isinstance(host, str) or not HOST_NAME.match(host.lower()):
+            raise RuleError(f"{where} host: {host!r} is not a host name (no port, no scheme)")
+        names.append(host.lower())
+    if (cert is None) != (key is None):
+        raise RuleError(f"{where}: cert and key go together")
+    if fallback is not None:
+        try:
+            fallback = check_fallback(fallback)
+        except RuleError as e:
+            raise RuleError(f"{where} fallback: {e}") from None
+    return SiteSpec(tuple(names), root, cert, key, manifest, fallback)
+
+
 def check_origin(origin: str) -> str:
     """A `cors-origins` entry: `*`, or an origin as browsers send it (scheme://host[:port], lower
     case, no path: `https://app.example.com/` is a common slip that would match nothing)."""
@@ -253,8 +304,15 @@ def check_fallback(page: str) -> str:
     return name
 
 
+KEYS = {
+    "redirect": ("from", "to", "status", "host"),
+    "headers": ("path", "set", "host"),
+    "auth": ("path", "htpasswd", "realm", "host"),
+    "site": ("host", "root", "cert", "key", "push-manifest", "fallback"),
+}
 _PARSERS: dict[str, tuple[type, Callable[[str, dict[str, Any]], Any]]] = {
     "redirect": (RedirectRule, _redirect),
     "headers": (HeaderRule, _headers),
     "auth": (AuthRule, _auth),
+    "site": (SiteSpec, _site),
 }
