@@ -5,6 +5,7 @@ the start-up checks of every rule, test_rulespec.py."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -252,6 +253,21 @@ def test_security_headers_on_every_answer(make_server: Callable[..., RunningServ
     status, headers, _ = curl(server.url + "/", ca_file, proto)
     assert status == 200 and headers["x-frame-options"] == ["SAMEORIGIN"]
     assert headers["strict-transport-security"] == [HSTS]
+
+
+def test_security_headers_on_the_engines_own_answers(make_server: Callable[..., RunningServer],
+                                                     root: Path) -> None:
+    """A request too malformed to reach the site (h11 refuses it) is answered 400 by the HTTP/1.1
+    engine with the handler's error page: with the security headers too."""
+    server = make_server(root=str(root))
+    with socket.create_connection(("127.0.0.1", server.h2c_port), timeout=10) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 400")
+    assert b"\r\nx-content-type-options: nosniff" in head and b"\r\nx-frame-options: sameorigin" in head
 
 
 def test_no_hsts_on_the_cleartext_port(make_server: Callable[..., RunningServer], root: Path) -> None:

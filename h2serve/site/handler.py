@@ -42,6 +42,14 @@ CONSULTED = frozenset({b"accept-encoding", b"range", b"if-range", b"if-match", b
 # A content hash in the file name (app.3f9a1c2e.js, main-8c1d2e3f4a.css): the name changes with
 # the content, so caches may keep it for good.
 FINGERPRINT = re.compile(r"[.-](?=[0-9A-Za-z_]*[0-9])[0-9A-Za-z_]{8,}\.[0-9A-Za-z]+$")
+# On every answer unless --no-security-headers (issue 16): the handler adds them itself, so the
+# answers the engines make with `error()` (a malformed request, a 500) carry them too. HSTS depends
+# on the connection and the certificate: site/rules.py adds it.
+SECURITY_HEADERS: Headers = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"strict-origin-when-cross-origin"),
+    (b"x-frame-options", b"SAMEORIGIN"),
+]
 
 @dataclass(frozen=True, slots=True)
 class Mount:
@@ -64,14 +72,16 @@ class Policy:
     immutable_cache: str = default_of("immutable_cache_control")
     list_dirs: bool = default_of("list_dirs")
     dotfiles: bool = default_of("serve_dotfiles")
+    security_headers: bool = default_of("security_headers")
     max_target: int = 8192  # longest request target answered; longer ones get 414 (not an option)
 
     @classmethod
     def from_config(cls, config: Config) -> Policy:
-        """The policy `config` asks for: --*-cache-control, --list-dirs, --serve-dotfiles."""
+        """The policy `config` asks for: --*-cache-control, --list-dirs, --serve-dotfiles,
+        --security-headers."""
         return cls(html_cache=config.html_cache_control, static_cache=config.static_cache_control,
                    immutable_cache=config.immutable_cache_control, list_dirs=config.list_dirs,
-                   dotfiles=config.serve_dotfiles)
+                   dotfiles=config.serve_dotfiles, security_headers=config.security_headers)
 
 
 @dataclass(slots=True)
@@ -99,6 +109,7 @@ class Site:
         self.server = server_name.encode()
         self.not_found_page = not_found
         self.policy = policy or Policy()
+        self.always = SECURITY_HEADERS if self.policy.security_headers else []
         self.cache = FileCache()
         self.compressed = coding.CompressionCache()
 
@@ -174,7 +185,8 @@ class Site:
         precondition = evaluate(method, request, validators)
         if precondition == 304:
             # RFC 9110 section 15.4.5: the validators and caching headers a 200 would carry.
-            return Response(304, [*headers[1:], (b"date", http_date()), (b"server", self.server)],
+            return Response(304, [*headers[1:], (b"date", http_date()), (b"server", self.server),
+                                  *self.always],
                             None, entry)
         if precondition == 412:
             return self.error(412, method)
@@ -187,7 +199,7 @@ class Site:
             status, start, size = 206, span[0], span[1] - span[0] + 1
             headers.append((b"content-range", f"bytes {span[0]}-{span[1]}/{length}".encode()))
         headers += [(b"content-length", str(size).encode()), (b"date", http_date()),
-                    (b"server", self.server)]
+                    (b"server", self.server), *self.always]
         if method == "HEAD":
             return Response(status, headers, None, entry)
         if data is not None:
@@ -268,7 +280,7 @@ class Site:
         headers = [(b"content-type", b"text/html; charset=utf-8"),
                    (b"cache-control", self.policy.html_cache.encode()),
                    (b"content-length", str(len(body)).encode()), (b"date", http_date()),
-                   (b"server", self.server)]
+                   (b"server", self.server), *self.always]
         return Response(200, headers, None if method == "HEAD" else BytesBody(body))
 
     def error(self, status: int, method: str, extra: Headers | None = None, *,
@@ -284,7 +296,7 @@ class Site:
             body = ERROR_PAGE.format(status=status, reason=REASONS.get(status, "Error")).encode()
         headers = [(b"content-type", b"text/html; charset=utf-8"),
                    (b"content-length", str(len(body)).encode()), (b"date", http_date()),
-                   (b"server", self.server), *(extra or [])]
+                   (b"server", self.server), *self.always, *(extra or [])]
         return Response(status, headers, None if method == "HEAD" else BytesBody(body))
 
     # -- lookup ------------------------------------------------------------------------------

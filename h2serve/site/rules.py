@@ -14,8 +14,9 @@ the order nginx's phases and Caddy's directive order give them:
    is checked once more against the URL of the file actually served (`/admin` serves
    `admin.html`, `/docs/` serves `docs/index.html`), so a rule on the file's own name holds
    whichever name reached it;
-5. on the answer, whatever it is: `Cache-Control: private` if it needed credentials, the security
-   headers, CORS headers, then every matching `[[headers]]` rule in order (later ones win).
+5. on the answer, whatever it is: `Cache-Control: private` if it needed credentials, HSTS (the
+   other security headers come with the handler's answers), CORS headers, then every matching
+   `[[headers]]` rule in order (later ones win).
 
 Paths are matched decoded and normalised exactly as the handler looks them up (`split_target`), so
 `/%61dmin/` or `//admin/` is `/admin/` to a rule as to the file system. A path that redirects or
@@ -43,11 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("h2serve")
 
-SECURITY_HEADERS: Headers = [
-    (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"strict-origin-when-cross-origin"),
-    (b"x-frame-options", b"SAMEORIGIN"),
-]
 HSTS = (b"strict-transport-security", b"max-age=31536000")
 # Request headers the rules read.
 CONSULTED = frozenset({b"origin", b"access-control-request-method", b"access-control-request-headers",
@@ -127,7 +123,6 @@ class SiteRules:
         self.cors = Cors(config.cors_origins) if config.cors_origins else None
         fallback = config.fallback if spec is None else spec.fallback
         self.fallback = (b"/" + quote(fallback).encode()) if fallback else None
-        self.security = SECURITY_HEADERS if config.security_headers else []
         cert = config.cert if spec is None else spec.cert or config.cert
         self.hsts = config.security_headers and cert is not None
         self._pushable: dict[tuple[str, str], bool] = {}
@@ -146,9 +141,8 @@ class SiteRules:
     def respond(self, req: Request, *, block: bool = True) -> Response:
         """The answer to `req`, rules applied. `block=False`: as `Site.respond`, WouldBlock when a
         file is not in memory or a password needs a bcrypt check."""
-        if not self.active:
+        if not self.active:  # the security headers come with the handler's answer itself
             answer = self.site.respond(req.method, req.target, req.headers, block=block)
-            answer.headers += self.security  # the handler never sets these itself
             if self.hsts and req.secure:
                 answer.headers.append(HSTS)
             return answer
@@ -235,7 +229,8 @@ class SiteRules:
         headers = response.headers
         if protected:
             _make_private(headers)
-        headers += self.security  # the handler never sets these itself; [[headers]] may, below
+        if preflight:
+            headers += self.site.always  # the handler's answers have them, the preflight's not yet
         if self.hsts and req.secure:
             headers.append(HSTS)
         if self.cors is not None and not preflight:
