@@ -31,6 +31,7 @@ from ..proto.exchange import Engine, Services
 from ..proto.h1engine import H1Engine
 from ..proto.h2engine import H2Engine
 from ..proto.lifecycle import CLOSED, CLOSING
+from .records import RecordSizer
 from .tls import negotiated_protocol
 
 log = logging.getLogger("h2serve")
@@ -85,6 +86,7 @@ class Adapter(asyncio.Protocol):
         self._again = False
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._records = RecordSizer() if tls else None
 
     # -- Host --------------------------------------------------------------------------------------
 
@@ -191,6 +193,7 @@ class Adapter(asyncio.Protocol):
         engine, transport = self.engine, self.transport
         if engine is None or transport is None or self.closed:
             return
+        records = self._records
         self._draining = True
         try:
             while True:
@@ -199,7 +202,11 @@ class Adapter(asyncio.Protocol):
                     data = engine.output()
                     if not data:
                         break
-                    transport.write(data)
+                    pieces = records.pieces(data, time.monotonic()) if records is not None else None
+                    if pieces is None:
+                        transport.write(data)
+                    else:  # one TLS record each, in one socket write (net/records.py)
+                        transport.writelines(pieces)
                     # Past the high-water mark (paused) the engine produces no DATA; what piles up
                     # beyond it is answers to a client that sends but does not read (floods of
                     # PINGs, SETTINGS, HEAD requests).
