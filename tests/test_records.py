@@ -1,6 +1,6 @@
 """TLS record sizes (net/records.py): the sizer on a fake clock, then the records on the wire, read
 from the raw TLS stream of a real connection on asyncio (in-process) and on uvloop (`python -m
-h2serve`)."""
+h2serve`); and the buffer limits that follow the same page/bulk distinction (net/adapter.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import FakeClock, tls_client_context
+from conftest import FakeClock, open_tls, tls_client_context
 
+from h2serve.net.adapter import (
+    BULK_NOTSENT_LOWAT,
+    BULK_WRITE_BUFFER_HIGH,
+    NOTSENT_LOWAT,
+    TCP_NOTSENT_LOWAT,
+    WRITE_BUFFER_HIGH,
+)
 from h2serve.net.records import FULL_AFTER, IDLE_RESET, SMALL_RECORD, RecordSizer
 
 # What a TLS 1.3 record of SMALL_RECORD bytes of payload measures in its length field: the payload,
@@ -135,3 +142,31 @@ def test_small_page_is_in_small_records(make_server, ca_file: str, tmp_path: Pat
     lengths, response = fetch_records(server.port, ca_file, "/")
     assert b"<html" in body_of(response).lower()
     assert lengths and max(lengths) <= SMALL_CIPHERTEXT
+
+
+def server_side_limits(server) -> tuple[int, int]:
+    """(TCP_NOTSENT_LOWAT, transport high-water mark) of the server's one connection, read in its
+    loop's thread."""
+    async def read() -> tuple[int, int]:
+        (conn,) = server.server.registry.connections
+        sock = conn.transport.get_extra_info("socket")
+        lowat = sock.getsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT)
+        return lowat, conn.transport.get_write_buffer_limits()[1]
+    return server.call(read())
+
+
+def test_buffers_are_narrow_for_a_page_and_wide_for_a_bulk_transfer(make_server, site: Path,
+                                                                   streamed: bytes,
+                                                                   ca_file: str) -> None:
+    """What waits in the kernel and the transport stays small while a connection carries a page,
+    so the HTTP/2 scheduler decides late; a bulk transfer gets the kernel's and wider limits."""
+    server = make_server(templates=str(site / "templates"), static=str(site / "static"))
+    with open_tls(server.port, ca_file, ["http/1.1"]) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert server_side_limits(server) == (NOTSENT_LOWAT, WRITE_BUFFER_HIGH)
+        sock.sendall(b"GET /static/streamed.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        received = 0
+        while received < len(streamed):
+            received += len(sock.recv(1 << 20))
+        assert server_side_limits(server) == (BULK_NOTSENT_LOWAT, BULK_WRITE_BUFFER_HIGH)

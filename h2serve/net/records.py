@@ -34,6 +34,12 @@ class RecordSizer:
         self.written = 0
         self.last = float("-inf")
 
+    @property
+    def streaming(self) -> bool:
+        """Past the first megabyte without a pause: a bulk transfer, which wants throughput more
+        than late decisions (the adapter widens its buffers then, net/adapter.py)."""
+        return self.written >= FULL_AFTER
+
     def pieces(self, data: bytes, now: float) -> list[bytes] | None:
         """The writes to make for `data` at `now`: None when `data` goes whole."""
         if now - self.last > IDLE_RESET:
