@@ -315,6 +315,8 @@ class Server:
             self.services.access_log.close()
             if self.services.work is not None:
                 self.services.work.shutdown()
+            for site in (self.services.site, *(other[1] for other in self.services.others)):
+                site.close()  # precompression and dictionary threads (issue 18)
         self._acceptors.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
