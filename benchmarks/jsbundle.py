@@ -36,14 +36,16 @@ def _name(rnd: random.Random) -> str:
     return "".join(parts)
 
 
-def _statement(rnd: random.Random, depth: int = 0) -> str:
+def _statement(rnd: random.Random, number: int, depth: int = 0) -> str:
+    """One statement of a function body; `number` makes the names it declares unique there, so
+    the bundle parses (a module script: no name declared twice in one scope)."""
     pad = "  " * (depth + 1)
     kind = rnd.random()
     a, b = rnd.choice(WORDS), rnd.choice(WORDS)
     if kind < 0.25:
-        return f"{pad}const {a}{rnd.randint(1, 9)} = {_name(rnd)}({b}, {rnd.randint(0, 4096)});"
+        return f"{pad}const {a}_{number} = {_name(rnd)}({b}, {rnd.randint(0, 4096)});"
     if kind < 0.4:
-        return (f"{pad}if ({a} && {a}.{b} !== undefined) {{\n{_statement(rnd, depth + 1)}\n"
+        return (f"{pad}if ({a} && {a}.{b} !== undefined) {{\n{_statement(rnd, number * 10 + 1, depth + 1)}\n"
                 f"{pad}}}")
     if kind < 0.55:
         words = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 8)))
@@ -54,7 +56,7 @@ def _statement(rnd: random.Random, depth: int = 0) -> str:
                          for _ in range(rnd.randint(2, 5)))
         return f"{pad}{a} = {{ ...{a}, {keys} }};"
     if kind < 0.8:
-        return (f"{pad}for (const {a} of {b}s) {{\n{_statement(rnd, depth + 1)}\n{pad}}}")
+        return (f"{pad}for (const {a} of {b}s) {{\n{_statement(rnd, number * 10 + 1, depth + 1)}\n{pad}}}")
     if kind < 0.9:
         return f"{pad}// {' '.join(rnd.choice(WORDS) for _ in range(rnd.randint(4, 10)))}"
     return f"{pad}return await {_name(rnd)}({a}, {{ {b}: {rnd.random():.4f} }});"
@@ -63,7 +65,7 @@ def _statement(rnd: random.Random, depth: int = 0) -> str:
 def _function(index: int, seed: int) -> str:
     rnd = random.Random(index * 7919 + seed)
     args = ", ".join(sorted({rnd.choice(WORDS) for _ in range(rnd.randint(1, 3))}))
-    body = "\n".join(_statement(rnd) for _ in range(rnd.randint(3, 9)))
+    body = "\n".join(_statement(rnd, n) for n in range(rnd.randint(3, 9)))
     return (f"/* module {index}: {rnd.choice(WORDS)} {rnd.choice(WORDS)} */\n"
             f"export async function {_name(rnd)}_{index}({args}) {{\n{body}\n}}\n")
 

@@ -20,12 +20,15 @@ import http_sf
 import httpx
 import pytest
 import zstandard
+from browser import spki_hash
 from conftest import RunningServer
 from h2.settings import SettingCodes
 from h2client import H2Client
+from test_browser import LazyBrowser
 
 from benchmarks import jsbundle
 from h2serve.config import Config, ConfigError
+from h2serve.net.certs import DevCerts
 from h2serve.site import zstdcodec
 from h2serve.site.dictionary import parse_available
 from h2serve.site.rulespec import DictionaryRule
@@ -253,3 +256,71 @@ def test_id_is_sent(site: Path, bundles: Path, make_server: Callable[..., Runnin
     r, _ = get(client, server.url + f"/static/{OLD_NAME}")
     assert r.headers["use-as-dictionary"] == 'match="/static/app.*.js", id="app-bundle"'
     assert not caplog.records
+
+
+# -- a real browser ------------------------------------------------------------------------------
+
+PAGE = ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{version}</title>'
+        '<script type="module" src="/static/{name}"></script></head>'
+        '<body><p>bundle {version}</p></body></html>\n')
+TIMING_JS = """(() => {{ const e = performance.getEntriesByName(location.origin + '/static/{name}')[0];
+  return e ? {{encoded: e.encodedBodySize, decoded: e.decodedBodySize, protocol: e.nextHopProtocol}}
+           : null; }})()"""
+
+
+@pytest.fixture(scope="module")
+def chromium(certs: DevCerts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LazyBrowser]:
+    """Headless Chromium trusting the test server's leaf key (test_browser.py's way): RFC 9842
+    dictionaries exist only in a secure context, so TLS must be trusted, not ignored."""
+    lazy = LazyBrowser(tmp_path_factory.mktemp("chromium"), spki_hash(certs.cert.read_bytes()))
+    yield lazy
+    lazy.close()
+
+
+def test_chromium_gets_the_new_bundle_as_a_dcz_delta(
+        site: Path, make_server: Callable[..., RunningServer], chromium: LazyBrowser,
+        tmp_path: Path) -> None:
+    """Headless Chromium (156: RFC 9842 on by default, no flag) loads a page with app.<hash1>.js;
+    the test deploys app.<hash2>.js (a few functions changed) and a page naming it; the same
+    browser context loads that page. Chromium asks for the new bundle with the old one's hash and
+    dcz, gets dcz, and Resource Timing shows under a tenth of its brotli size on the wire; the
+    script ran (it sets window.bundle)."""
+    static, templates = site / "static", site / "templates"
+    old = OLD + b'\nwindow.bundle = "v1";\n'
+    new = NEW + b'\nwindow.bundle = "v2";\n'
+    (static / OLD_NAME).write_bytes(old)
+    (templates / "app.html").write_text(PAGE.format(version="v1", name=OLD_NAME))
+    server = serve(site, make_server)
+    seen: list[dict[bytes, bytes]] = []
+    respond = server.server.services.site.respond
+
+    def recording(method: str, target: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+                  **kw: object) -> object:
+        if target.startswith(b"/static/app."):
+            seen.append({b":path": target, **dict(headers or [])})
+        return respond(method, target, headers, **kw)  # type: ignore[arg-type]
+
+    server.server.services.site.respond = recording  # type: ignore[method-assign]
+    page = chromium.get().new_page()
+    try:
+        page.goto(server.url + "/app")
+        assert page.evaluate("window.bundle") == "v1"
+        first = page.evaluate(TIMING_JS.format(name=OLD_NAME))
+        assert first["protocol"] == "h2" and first["decoded"] == len(old)
+
+        (static / NEW_NAME).write_bytes(new)
+        (templates / "app.html").write_text(PAGE.format(version="v2", name=NEW_NAME))
+        page.goto(server.url + "/app")
+        assert page.evaluate("window.bundle") == "v2"
+        timing = page.evaluate(TIMING_JS.format(name=NEW_NAME))
+        answers = {r["response"]["url"].rsplit("/", 1)[-1]: r["response"]
+                   for r in page.events("Network.responseReceived")}
+    finally:
+        page.close()
+    asked = next(h for h in seen if h[b":path"] == f"/static/{NEW_NAME}".encode())
+    assert b"dcz" in asked[b"accept-encoding"], asked
+    assert parse_available(asked[b"available-dictionary"]) == hashlib.sha256(old).digest()
+    assert timing["decoded"] == len(new)
+    got = {k.lower(): v for k, v in answers[NEW_NAME]["headers"].items()}
+    assert got["content-encoding"] == "dcz" and got["vary"] == "accept-encoding, available-dictionary"
+    assert timing["encoded"] < len(brotli.compress(new, quality=11)) / 10, timing

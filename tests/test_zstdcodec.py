@@ -51,7 +51,8 @@ def stream_frame(data: bytes, window_log: int) -> bytes:
 ])
 def test_window_size_agrees_with_zstandard(frame: Callable[[], bytes]) -> None:
     made = frame()
-    assert zstdcodec.window_size(made[:zstdcodec.HEADER_BYTES]) == zstandard.get_frame_parameters(made).window_size
+    expected = zstandard.get_frame_parameters(made).window_size
+    assert zstdcodec.window_size(made[:zstdcodec.HEADER_BYTES]) == expected
 
 
 def test_window_size_of_what_is_no_zstd_frame() -> None:
@@ -86,8 +87,9 @@ def test_dcz_framing_and_window() -> None:
     assert zstandard.ZstdDecompressor(dict_data=raw, max_window_size=LIMIT).decompress(body[40:]) == new
 
 
-def test_zst_sibling_with_a_wide_window_is_not_served(site: Path, make_server: Callable[..., RunningServer],
-                                                      verify: object, caplog: pytest.LogCaptureFixture) -> None:
+def test_zst_sibling_with_a_wide_window_is_not_served(
+        site: Path, make_server: Callable[..., RunningServer], verify: object,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A `.zst` sibling asking for a 2^27 window (zstd --long=27) is never sent (a browser would
     fail the download): one warning naming it, however often the file is asked for, and zstd
     clients get the zstd made here instead. A sibling within the limit is sent as it is."""
