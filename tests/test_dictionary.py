@@ -324,3 +324,14 @@ def test_chromium_gets_the_new_bundle_as_a_dcz_delta(
     got = {k.lower(): v for k, v in answers[NEW_NAME]["headers"].items()}
     assert got["content-encoding"] == "dcz" and got["vary"] == "accept-encoding, available-dictionary"
     assert timing["encoded"] < len(brotli.compress(new, quality=11)) / 10, timing
+
+
+def test_readme_example_loads_as_written(tmp_path: Path) -> None:
+    """The README's `[[dictionary]]` example is a valid configuration, as printed."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in readme.split("```toml\n")[1:] if "[[dictionary]]" in b).split("```")[0]
+    (tmp_path / "h2serve.toml").write_text(block)
+    config = Config.from_toml(tmp_path / "h2serve.toml")
+    assert config.precompress_dir == "/var/cache/h2serve"
+    assert config.dictionary == (DictionaryRule("/static/app.*.js", ("script",), "app"),
+                                 DictionaryRule("/static/css/main.*.css"))
