@@ -220,3 +220,15 @@ def test_bad_folder_from_the_command_line_is_one_line_and_status_2(tmp_path: Pat
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "--precompress-dir" in result.stderr and "not a folder" in result.stderr
+
+
+def test_folder_that_cannot_be_made_is_one_line_and_status_2(tmp_path: Path) -> None:
+    """A folder that cannot be made (here: under a file; also a folder without write access) is
+    found at start-up, not on the first request."""
+    (tmp_path / "FILE").write_text("x")
+    result = subprocess.run([sys.executable, "-m", "h2serve", "--bind", "127.0.0.1:0",
+                             "--precompress-dir", str(tmp_path / "FILE" / "sub")],
+                            cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "--precompress-dir" in result.stderr and "Not a directory" in result.stderr

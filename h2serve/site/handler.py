@@ -129,9 +129,12 @@ class Site:
         # dictionaries kept and the dcz deltas (site/precompress.py, site/dictionary.py).
         folder = Path(self.policy.precompress_dir) if self.policy.precompress_dir else None
         room = self.policy.precompress_size * MIB
-        self.precompressed = Precompressor(folder, room // 2) if folder is not None else None
-        self.dictionaries = Dictionaries(self.policy.dictionaries,
-                                         [(m.prefix, m.root) for m in self.mounts], folder, room // 4)
+        try:
+            self.precompressed = Precompressor(folder, room // 2) if folder is not None else None
+            self.dictionaries = Dictionaries(self.policy.dictionaries,
+                                             [(m.prefix, m.root) for m in self.mounts], folder, room // 4)
+        except OSError as e:
+            raise ConfigError(f"--precompress-dir {folder}: {e.strerror} ({e.filename})") from None
 
     def close(self) -> None:
         """Stop the background threads (precompression, keeping dictionaries); work not started
