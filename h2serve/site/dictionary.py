@@ -34,9 +34,7 @@ character is `*`, any run of characters, slashes included. The query is not comp
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
-import logging
 import os
 import re
 import threading
@@ -51,13 +49,11 @@ import http_sf
 
 from . import coding, zstdcodec
 from .blocking import WouldBlock
-from .precompress import DiskCache, version_name
+from .precompress import Background, DiskCache, version_name
 
 if TYPE_CHECKING:
     from .filecache import FileEntry
     from .rulespec import DictionaryRule
-
-log = logging.getLogger("h2serve")
 
 RESCAN = 2.0                     # seconds between walks of the folders for unknown hashes
 MAX_SCAN = 4096                  # files looked at in one walk
@@ -132,11 +128,10 @@ class Dictionaries:
         self._versions: OrderedDict[tuple[str, str], bytes] = OrderedDict()  # (path, etag) -> hash
         self._files: dict[str, tuple[int, int, bytes]] = {}  # path -> (size, mtime_ns, hash)
         self._lock = threading.Lock()
-        self._busy: set[tuple[str, str]] = set()
         self._scanned = -RESCAN
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.background = Background("h2serve-dictionary")
         if self.store is not None:
-            for name in list(self.store._files):
+            for name in self.store.names():
                 pattern, _, digest = name.partition("-")
                 if pattern.isdigit() and len(digest) == 64:
                     self._hold(bytes.fromhex(digest), _Held(int(pattern), stored=name))
@@ -219,55 +214,31 @@ class Dictionaries:
         """A version of a matching file was answered: keep it as a dictionary (hashed and stored in
         a background thread, once per version)."""
         key = (entry.path, entry.etag)
-        if key in self._versions or entry.size > MAX_DICTIONARY:
-            return
-        with self._lock:
-            if key in self._busy:
-                return
-            self._busy.add(key)
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="h2serve-dictionary")
-            executor = self._executor
-        try:
-            executor.submit(self._keep, pattern, entry, read)
-        except RuntimeError:
-            with self._lock:
-                self._busy.discard(key)
+        if key not in self._versions and entry.size <= MAX_DICTIONARY:
+            self.background.run(key, lambda: self._keep(pattern, entry, read))
 
     def wait(self, timeout: float = 10.0) -> None:
-        """Until no version is being kept (tests)."""
-        deadline = time.monotonic() + timeout
-        while self._busy and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self.background.wait(timeout)
 
     def shutdown(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        self.background.shutdown()
 
     def _keep(self, pattern: Pattern, entry: FileEntry, read: Callable[[], bytes | None]) -> None:
-        key = (entry.path, entry.etag)
-        try:
-            data = read()
-            if data is None:
-                return
-            digest = hashlib.sha256(data).digest()
-            held = _Held(pattern.number, path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns)
-            if self.store is not None:
-                name = f"{pattern.number}-{digest.hex()}"
-                if not self.store.has(name):
-                    self.store.put(name, data)
-                held = _Held(pattern.number, stored=name)
-            with self._lock:
-                self._versions[key] = digest
-                while len(self._versions) > MAX_KNOWN:
-                    self._versions.popitem(last=False)
-            self._hold(digest, held)
-        except Exception:
-            log.exception("keeping %s as a compression dictionary failed", entry.path)
-        finally:
-            with self._lock:
-                self._busy.discard(key)
+        data = read()
+        if data is None:
+            return
+        digest = hashlib.sha256(data).digest()
+        held = _Held(pattern.number, path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns)
+        if self.store is not None:
+            name = f"{pattern.number}-{digest.hex()}"
+            if not self.store.has(name):
+                self.store.put(name, data)
+            held = _Held(pattern.number, stored=name)
+        with self._lock:
+            self._versions[(entry.path, entry.etag)] = digest
+            while len(self._versions) > MAX_KNOWN:
+                self._versions.popitem(last=False)
+        self._hold(digest, held)
 
     def _hold(self, digest: bytes, held: _Held) -> None:
         with self._lock:

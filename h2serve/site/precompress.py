@@ -36,7 +36,7 @@ log = logging.getLogger("h2serve")
 
 SUFFIX = {"br": ".br", "zstd": ".zst"}
 ETAG_SUFFIX = {"br": "br11", "zstd": "zstd19"}  # the coding and its level: other bytes, other ETag
-MAX_QUEUED = 1024      # versions waiting at once; more are refused and asked for again later
+MAX_QUEUED = 1024      # versions waiting at once; more are dropped and asked for again later
 STALE_LOCK = 600.0     # seconds after which another process's lock is taken as abandoned
 
 
@@ -80,6 +80,9 @@ class DiskCache:
             self._files[name] = size
             self.size += size
         self._evict()
+
+    def names(self) -> list[str]:
+        return list(self._files)
 
     def has(self, name: str) -> bool:
         if name not in self._files:
@@ -133,6 +136,51 @@ class DiskCache:
                 os.unlink(self.folder / name)
 
 
+class Background:
+    """One background thread for work done once per key (a file version): `run` while the same
+    key is queued or running adds nothing, and at most MAX_QUEUED keys wait (more are dropped, to
+    be asked for again by a later request). Threads start with the first task."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._keys: set[object] = set()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def run(self, key: object, work: Callable[[], None]) -> None:
+        with self._lock:
+            if key in self._keys or len(self._keys) >= MAX_QUEUED:
+                return
+            self._keys.add(key)
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
+            executor = self._executor
+        try:
+            executor.submit(self._run, key, work)
+        except RuntimeError:  # shut down
+            with self._lock:
+                self._keys.discard(key)
+
+    def _run(self, key: object, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception:  # a background failure must not pass silently, nor stop the thread
+            log.exception("%s: background work for %s failed", self.name, key)
+        finally:
+            with self._lock:
+                self._keys.discard(key)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Until nothing is queued or running (for tests and the benchmark)."""
+        deadline = time.monotonic() + timeout
+        while self._keys and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def shutdown(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 def version_name(path: str, etag: str, what: str) -> str:
     """A file name for one version of `path` in one coding (or against one dictionary)."""
     return hashlib.sha256(f"{path}\0{etag}\0{what}".encode()).hexdigest()
@@ -145,9 +193,7 @@ class Precompressor:
         self.folder = folder
         self.disk = DiskCache(folder / "best", limit)
         self.codings = best_codings()
-        self._lock = threading.Lock()
-        self._queued: set[tuple[str, str]] = set()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.background = Background("h2serve-precompress")
 
     def ready(self, path: str, etag: str, coding_name: str) -> str | None:
         """The file name of a version's best encoding when it is on disk (no system call)."""
@@ -156,54 +202,30 @@ class Precompressor:
 
     def start(self, path: str, etag: str, read: Callable[[], bytes | None]) -> None:
         """Queue a version's encodings, unless they are made, queued or running already."""
-        if all(self.ready(path, etag, c) for c in self.codings):
-            return
-        key = (path, etag)
-        with self._lock:
-            if key in self._queued or len(self._queued) >= MAX_QUEUED:
-                return
-            self._queued.add(key)
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="h2serve-precompress")
-            executor = self._executor
-        try:
-            executor.submit(self._encode, path, etag, read)
-        except RuntimeError:  # shut down
-            with self._lock:
-                self._queued.discard(key)
+        if not all(self.ready(path, etag, c) for c in self.codings):
+            self.background.run((path, etag), lambda: self._encode(path, etag, read))
 
     def wait(self, timeout: float = 30.0) -> None:
-        """Until nothing is queued or running (for tests and the benchmark)."""
-        deadline = time.monotonic() + timeout
-        while self._queued and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self.background.wait(timeout)
 
     def shutdown(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        self.background.shutdown()
 
     def _encode(self, path: str, etag: str, read: Callable[[], bytes | None]) -> None:
         lock = self.folder / f".lock-{version_name(path, etag, 'best')}"
+        if not _take_lock(lock):
+            return  # another worker process is encoding this version
         try:
-            if not _take_lock(lock):
-                return  # another worker process is encoding this version
-            try:
-                data = read()
-                for name in self.codings:
-                    if data is None or self.ready(path, etag, name):
-                        continue
-                    file = version_name(path, etag, name) + SUFFIX[name]
-                    if not self.disk.adopt(file):  # made by another worker process already?
-                        self.disk.put(file, encode_best(data, name))
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(lock)
-        except Exception:  # a background failure must not pass silently, nor stop the thread
-            log.exception("precompressing %s failed", path)
+            data = read()
+            for name in self.codings:
+                if data is None or self.ready(path, etag, name):
+                    continue
+                file = version_name(path, etag, name) + SUFFIX[name]
+                if not self.disk.adopt(file):  # made by another worker process already?
+                    self.disk.put(file, encode_best(data, name))
         finally:
-            with self._lock:
-                self._queued.discard((path, etag))
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
 
 
 def _take_lock(lock: Path) -> bool:
