@@ -233,6 +233,9 @@ class Config:
         if self.priorities not in ON_OFF:
             raise ConfigError(f"--priorities: {self.priorities!r} is not on or off")
         parse_workers(self.workers)
+        if self.precompress_dir is not None and not _importable("brotli", "zstandard"):
+            raise ConfigError("--precompress-dir: neither brotli nor zstandard is installed, so there is "
+                              "nothing to precompress (pip install 'h2serve[brotli,zstd]')")
         if self.precompress_size < 1:
             raise ConfigError("--precompress-size must be at least 1 (MiB)")
         if self.precompress_dir is not None and os.path.exists(self.precompress_dir) \
@@ -338,6 +341,17 @@ class Config:
             return cls(**values)
         except TypeError as e:
             raise ConfigError(f"--config {path}: {e}") from None
+
+
+def _importable(*modules: str) -> bool:
+    """Whether any of `modules` imports (the optional extras a setting needs)."""
+    for name in modules:
+        try:
+            __import__(name)
+        except ImportError:
+            continue
+        return True
+    return False
 
 
 def default_of(name: str) -> Any:

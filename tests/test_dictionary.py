@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -335,3 +336,11 @@ def test_readme_example_loads_as_written(tmp_path: Path) -> None:
     assert config.precompress_dir == "/var/cache/h2serve"
     assert config.dictionary == (DictionaryRule("/static/app.*.js", ("script",), "app"),
                                  DictionaryRule("/static/css/main.*.css"))
+
+
+def test_dictionary_without_zstandard_is_a_start_up_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the `zstd` extra no delta can be made: said at start-up, with the install command."""
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # `import zstandard` now raises ImportError
+    with pytest.raises(ConfigError, match=r"\[\[dictionary\]\] #1: zstandard is not installed "
+                                          r"\(pip install 'h2serve\[zstd\]'\)"):
+        Config(dictionary=[RULE])

@@ -232,3 +232,11 @@ def test_folder_that_cannot_be_made_is_one_line_and_status_2(tmp_path: Path) -> 
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert "--precompress-dir" in result.stderr and "Not a directory" in result.stderr
+
+
+def test_precompress_dir_needs_brotli_or_zstandard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+    Config(precompress_dir=str(tmp_path))  # brotli alone will do
+    monkeypatch.setitem(sys.modules, "brotli", None)
+    with pytest.raises(ConfigError, match=r"--precompress-dir: neither brotli nor zstandard is installed"):
+        Config(precompress_dir=str(tmp_path))

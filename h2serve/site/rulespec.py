@@ -298,6 +298,10 @@ def _dictionary(where: str, table: dict[str, Any]) -> DictionaryRule:
     if ident is not None and not DICTIONARY_ID.match(ident):
         raise RuleError(f"{where} id: {ident!r} must be 1 to 1024 printable ASCII characters "
                         f"without \" or \\")
+    try:
+        import zstandard  # noqa: F401  (the extra that makes dcz deltas)
+    except ImportError:
+        raise RuleError(f"{where}: zstandard is not installed (pip install 'h2serve[zstd]')") from None
     return DictionaryRule(match, tuple(dest), ident)
 
 
