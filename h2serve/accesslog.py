@@ -37,11 +37,18 @@ class AccessLog:
         return self._stream is not None
 
     def log(self, client: str, method: str, target: str, protocol: str, status: int, size: int,
-            referer: str | None, user_agent: str | None) -> None:
+            referer: str | None, user_agent: str | None,
+            upstream: tuple[int, float | None] | None = None) -> None:
+        """One line; `upstream` (a proxied request: the application's status, 0 if it gave
+        none, and the seconds it took) is appended as `upstream=STATUS TIME`."""
         if self._stream is None:
             return
         line = (f'{client} - - [{self._now()}] "{_clean(method)} {_clean(target)} {protocol}" '
-                f'{status} {size} "{_clean(referer or "-")}" "{_clean(user_agent or "-")}"\n')
+                f'{status} {size} "{_clean(referer or "-")}" "{_clean(user_agent or "-")}"')
+        if upstream is not None:
+            status_, took = upstream
+            line += f" upstream={status_ or '-'} {'-' if took is None else f'{took:.3f}'}"
+        line += "\n"
         if not self._pending:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)

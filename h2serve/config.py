@@ -53,6 +53,7 @@ GROUPS = {
     "limits": "timeouts and caps that protect the server from slow or greedy clients",
     "processes": "worker processes, the event loop, and shutdown",
     "logging": "the server log and the access log",
+    "upstream": "reverse proxy: an application behind the site's files (--upstream)",
 }
 
 
@@ -210,6 +211,29 @@ class Config:
     loop: str = option(
         "auto", "event loop: auto (uvloop when installed), asyncio, or uvloop", metavar="LOOP",
         group="processes")
+    upstream: str | None = option(
+        None, "forward every request the site's files do not answer (and every method but GET and "
+        "HEAD) to this application over HTTP/1.1: http://HOST:PORT or unix:/path/to.sock",
+        metavar="URL", group="upstream")
+    upstream_connect_timeout: float = option(
+        5.0, "seconds to connect to --upstream before answering 504", metavar="SECONDS",
+        group="upstream")
+    upstream_timeout: float = option(
+        60.0, "seconds --upstream may take to begin its answer (and between reads of its body) "
+        "before the client gets 504", metavar="SECONDS", group="upstream")
+    upstream_idle_timeout: float = option(
+        30.0, "seconds an idle keep-alive connection to --upstream is kept", metavar="SECONDS",
+        group="upstream")
+    upstream_connections: int = option(
+        32, "connections to --upstream per worker at most; further requests wait for one",
+        metavar="N", group="upstream")
+    learn_hints: str = option(
+        "on", "remember the preload Links of each path's last 200 from --upstream and send them "
+        "(103 Early Hints, pushes) at once on the next request for it: on or off",
+        metavar="on|off", group="upstream")
+    max_body_size: int = option(
+        64 * 1024 * 1024, "largest request body forwarded to --upstream; larger ones get 413",
+        metavar="BYTES", group="limits")
 
     def __post_init__(self) -> None:
         """Normalise (lists to tuples, "4" workers to 4), then check; after this nothing changes."""
@@ -262,7 +286,25 @@ class Config:
             raise ConfigError("timeouts must be positive numbers of seconds")
         if self.graceful_timeout < 0 or self.handshake_timeout <= 0:
             raise ConfigError("timeouts must be positive numbers of seconds")
+        self._validate_upstream()
         self._validate_rules()
+
+    def _validate_upstream(self) -> None:
+        """--upstream and its limits (the URL's form is checked by upstream/pool.py's parser)."""
+        if self.upstream is not None:
+            from .upstream.target import UpstreamError, parse_upstream
+            try:
+                parse_upstream(self.upstream)
+            except UpstreamError as e:
+                raise ConfigError(f"--upstream {self.upstream}: {e}") from None
+        if min(self.upstream_connect_timeout, self.upstream_timeout, self.upstream_idle_timeout) <= 0:
+            raise ConfigError("--upstream-*-timeout: timeouts must be positive numbers of seconds")
+        if self.upstream_connections < 1:
+            raise ConfigError("--upstream-connections must be at least 1")
+        if self.learn_hints not in ON_OFF:
+            raise ConfigError(f"--learn-hints: {self.learn_hints!r} is not on or off")
+        if self.max_body_size < 0:
+            raise ConfigError("--max-body-size must be 0 or more bytes")
 
     def _validate_rules(self) -> None:
         """The site rules' checks that need more than one field: the fallback page must exist."""

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .accesslog import AccessLog
@@ -43,6 +44,9 @@ from .site.handler import Policy, Site
 from .site.watch import Watcher
 from .site.workpool import WorkPool
 from .vhosts import add_sni, other_sites, site_config
+
+if TYPE_CHECKING:
+    from .upstream.proxy import Upstream
 
 log = logging.getLogger("h2serve")
 
@@ -104,7 +108,8 @@ class Server:
         ssl_ctx = self._ssl_context()
         access_log = self._access_log()
         pusher = Pusher.from_config(cfg, site, push_map_for(cfg, site))
-        self.services = Services(cfg, site, pusher, access_log, WorkPool(), other_sites(cfg, site))
+        self.services = Services(cfg, site, pusher, access_log, WorkPool(), other_sites(cfg, site),
+                                 upstream=upstream_for(cfg))
         self.registry.room_made = self._room_made
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
         try:
@@ -313,6 +318,8 @@ class Server:
             for conn in list(registry.connections):
                 conn.abort()
             self.services.access_log.close()
+            if self.services.upstream is not None:
+                self.services.upstream.close()
             if self.services.work is not None:
                 self.services.work.shutdown()
             for site in (self.services.site, *(other[1] for other in self.services.others)):
@@ -336,10 +343,24 @@ class Server:
         pmap = self.services.pusher.map if self.services else self.push_map
         pushes = describe_map(pmap) if pmap is not None else "no push map"
         line = f"h2serve {__version__} serving {what} on {where}; {pushes}"
+        if cfg.upstream is not None:
+            line += f"; other requests to {cfg.upstream}"
         loop = loop or _running_loop_name()
         if loop:
             line += f"; {loop} event loop"
         return line + (f"; {workers} workers" if workers > 1 else "")
+
+
+def upstream_for(config: Config) -> Upstream | None:
+    """The application behind the files (--upstream), or None; ConfigError if the Link parser it
+    needs (the `upstream` extra) is not installed."""
+    if config.upstream is None:
+        return None
+    try:
+        from .upstream.proxy import Upstream
+    except ImportError as e:
+        raise ConfigError(f"--upstream needs {e.name}: pip install 'h2serve[upstream]'") from None
+    return Upstream(config)
 
 
 def addresses(config: Config) -> list[tuple[str, bool]]:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from ..site.handler import Site
     from ..site.rulespec import SiteSpec
     from ..site.workpool import WorkPool
+    from ..upstream.pipe import RequestBody
+    from ..upstream.proxy import Listener, ProxyCall, Upstream
     from .lifecycle import Lifecycle
 
 log = logging.getLogger("h2serve")
@@ -96,6 +98,7 @@ class Services:
     access_log: AccessLog
     work: WorkPool | None = None
     others: tuple[tuple[SiteSpec, Site, Pusher], ...] = ()
+    upstream: Upstream | None = None  # --upstream: the application behind the files
     rules: SiteRules = field(init=False)
     default: Served = field(init=False)
     hosts: dict[str, Served] = field(init=False)
@@ -128,6 +131,17 @@ class Deferred:
     work: Callable[[], None]
 
 
+@dataclass(slots=True)
+class Proxied:
+    """The answer comes from the application (--upstream): the engine `start`s the call with a
+    listener of its own (proto/proxied.py), and the call tells it the hints, then the answer."""
+
+    call: ProxyCall
+
+    def start(self, listener: Listener) -> None:
+        self.call.start(listener)
+
+
 _UNSET: object = object()
 
 
@@ -154,20 +168,36 @@ class Exchange:
     sent: int = 0                   # body bytes sent
     response: Response | None = None
     plan: PushPlan | None = field(default=_UNSET)  # type: ignore[assignment]  # _UNSET: not asked yet
+    body: RequestBody | None = None  # the request body, when it may go to the upstream
+    proxy: ProxyCall | None = None
+    upstream_status: int = 0        # for the log: the application's status, and how long it took
+    upstream_time: float | None = None
     _logged: bool = False
     _request: Request | None = None
     _served: Served | None = None
 
-    def answer(self) -> Response | Deferred:
-        """The response (its push plan in `plan`), or the blocking work that must run first; errors
-        propagate (the engine answers them as its protocol does: 500, or RST_STREAM INTERNAL_ERROR)."""
+    def answer(self) -> Response | Deferred | Proxied:
+        """The response (its push plan in `plan`), or the blocking work that must run first, or
+        (with --upstream) the call to the application; errors propagate (the engine answers them
+        as its protocol does: 500, or RST_STREAM INTERNAL_ERROR)."""
         response = self.response
         served = self.served()
+        upstream = self.services.upstream
+        if response is None and upstream is not None and self.proxy is None and (
+                self.method not in ("GET", "HEAD") or self.declares_body()):
+            return self._forward(upstream)  # the site's files answer GET and HEAD alone
         if response is None:
             try:
                 response = self.response = served.rules.respond(self._ruled(), block=False)
             except WouldBlock as e:
                 return Deferred(e.kind, self._respond_blocking)
+        if upstream is not None and response.status == 404 and response.file is None:
+            if response.body is not None:
+                response.body.close()
+            self.response = None
+            return self._forward(upstream)  # no file: the application's
+        if self.body is not None:
+            self.body.drop()  # answered from the files: the body is read and let go
         if self.plan is _UNSET:
             self.plan = None
             file = response.file
@@ -181,6 +211,30 @@ class Exchange:
                     return Deferred(e.kind, lambda: self._plan_blocking(client))
         self.status = response.status
         return response
+
+    def declares_body(self) -> bool:
+        """The request says it has a body (Content-Length above 0, or Transfer-Encoding)."""
+        for name, value in self.headers:
+            if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+                return True
+        return self.body is not None and (self.body.received > 0 or not self.body.ended)
+
+    def _forward(self, upstream: Upstream) -> Response | Proxied:
+        """The call to the application; 413 instead for a body declared over --max-body-size."""
+        from ..upstream.proxy import ProxyCall
+
+        limit = self.services.config.max_body_size
+        for name, value in self.headers:
+            if name == b"content-length" and value.strip().isdigit() and int(value) > limit:
+                if self.body is not None:
+                    self.body.drop()
+                response = self.response = self.served().site.error(413, self.method)
+                self.plan = None
+                self.status = 413
+                return response
+        self.proxy = ProxyCall(self, upstream, self.body)
+        self.plan = None
+        return Proxied(self.proxy)
 
     def served(self) -> Served:
         """The site this request is for (a pushed one's :authority is its page's)."""
@@ -217,6 +271,10 @@ class Exchange:
         body (an open file)."""
         if self.response is not None and self.response.body is not None:
             self.response.body.close()
+        if self.proxy is not None:
+            self.proxy.cancel()
+        elif self.body is not None:
+            self.body.drop()
 
     @property
     def path(self) -> str:
@@ -229,5 +287,7 @@ class Exchange:
             self._logged = True
             log = self.services.access_log
             if log.enabled:
+                upstream = (None if self.proxy is None else
+                            (self.upstream_status, self.upstream_time))
                 log.log(self.client, self.method, self.path, self.protocol, self.status, self.sent,
-                        self.referer, self.user_agent)
+                        self.referer, self.user_agent, upstream)

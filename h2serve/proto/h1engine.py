@@ -26,9 +26,11 @@ import h11
 
 from ..push.plan import Client
 from ..site.body import Body, Response
+from ..upstream.pipe import RequestBody
 from .compat import h11_unparsed
-from .exchange import Deferred, Exchange, Host, Services
+from .exchange import Deferred, Exchange, Host, Proxied, Services
 from .lifecycle import ABORT, CLOSE, H1_TABLE, IDLE, LOST, OPEN, SHUTDOWN, Lifecycle
+from .proxied import H1Proxied
 
 log = logging.getLogger("h2serve")
 
@@ -61,6 +63,7 @@ class H1Engine:
         self._out: list[bytes] = []
         self._queued = 0
         self._head_scanned = 0  # bytes at the front of h11's buffer known to hold no complete head
+        self._chunked = False   # the response being sent is chunked (it may carry trailers)
         self._facts = self._client_facts
 
     # -- what the adapter calls --------------------------------------------------------------------
@@ -95,6 +98,7 @@ class H1Engine:
 
     def output(self) -> bytes:
         """What is queued, then body chunks while the transport takes them, up to about CHUNK."""
+        self._pull_body()
         while (self.body is not None and self.writable and not self.life.ended
                and self._queued < CHUNK and self._pump_once()):
             pass
@@ -139,6 +143,7 @@ class H1Engine:
     def _next_requests(self) -> None:
         """Take events from h11 until a response is in progress or more input is needed."""
         conn = self.conn
+        self._pull_body()
         while not self.life.ended and self.exchange is None and self.writable:
             if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                 conn.start_next_cycle()  # the next pipelined request, if any, is now readable
@@ -189,6 +194,9 @@ class H1Engine:
             log.info("bad HTTP/1.1 request from %s: %s", self.client, why)
             self._send_error_and_close(status)
             return
+        if self.services.upstream is not None and self.conn.their_state is h11.SEND_BODY:
+            # A body follows, perhaps for the application: read on as it is forwarded.
+            exchange.body = RequestBody(self._credit, _declared(headers))
         self._answer(exchange, version)
 
     def _client_facts(self, exchange: Exchange) -> Client:
@@ -206,6 +214,12 @@ class H1Engine:
         if isinstance(result, Deferred):
             self.host.defer(result.kind, result.work,
                             lambda error: self._deferred_done(exchange, version, error))
+            return
+        if isinstance(result, Proxied):
+            if self.conn.they_are_waiting_for_100_continue:
+                self._queue(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+            result.start(H1Proxied(self, exchange, version))
+            self._pull_body()
             return
         response, plan, hints = result, exchange.plan, b""
         if plan is not None:
@@ -240,6 +254,7 @@ class H1Engine:
             headers = [*headers, (b"connection", b"close")]
         if self.exchange is not None:
             self.exchange.status = response.status
+        self._chunked = not any(n == b"content-length" for n, _ in headers)
         out = hints + self.conn.send(_response_head(response.status, headers))
         body = response.body
         if body is not None and body.remaining <= CHUNK:
@@ -257,6 +272,65 @@ class H1Engine:
             return
         self._queue(out)
         self.body = body
+
+    def send_proxied(self, response: Response) -> None:
+        """The application's answer (proto/proxied.py); the connection closes after a 413."""
+        if response.status in CLOSE_AFTER:
+            response.headers.append((b"connection", b"close"))
+        self._send_response(response)
+
+    def queue(self, data: bytes) -> None:
+        """Output made outside the engine's own calls (a 103 for a proxied request)."""
+        self._queue(data)
+
+    def _credit(self, n: int) -> None:
+        """The application took `n` bytes of the request body: read on (at the next output)."""
+
+    def _pull_body(self) -> None:
+        """Take the request body's events from h11 into its pipe while the pipe has room; stop
+        reading from the client while it has none (the application holds it back)."""
+        exchange = self.exchange
+        upload = exchange.body if exchange is not None else None
+        if upload is None or upload.ended or self.life.ended:
+            return
+        conn = self.conn
+        while conn.their_state is h11.SEND_BODY and (upload.dropped or not upload.full):
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as e:
+                upload.drop()
+                self._protocol_error(e)
+                return
+            if event is h11.NEED_DATA:
+                self._reading = True
+                return
+            if isinstance(event, h11.Data):
+                upload.feed(bytes(event.data))
+                if upload.received > self.services.config.max_body_size:
+                    self._too_large()
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                upload.end()
+                return
+            else:
+                return
+        if conn.their_state is h11.SEND_BODY:
+            self._reading = False  # the pipe is full: the client waits for the application
+
+    def _too_large(self) -> None:
+        """A request body over --max-body-size (no Content-Length said so before): 413 and close
+        if the application has not answered yet, else the connection is closed."""
+        exchange = self.exchange
+        assert exchange is not None and exchange.body is not None
+        exchange.body.drop()
+        call = exchange.proxy
+        log.info("request body from %s over --max-body-size", self.client)
+        if call is not None and not call.responded and self.conn.our_state is h11.SEND_RESPONSE:
+            call.responded = True
+            call.cancel()
+            self._send_error_and_close(413)
+        else:
+            self.life.fire(CLOSE)
 
     def _pump_once(self) -> bool:
         """Queue the next body chunk; False when none is ready (the disk calls back) or the body
@@ -277,13 +351,22 @@ class H1Engine:
         if self.exchange is not None:
             self.exchange.sent += len(chunk)
         if body.remaining == 0:
-            data += self.conn.send(h11.EndOfMessage())
+            data += self.conn.send(h11.EndOfMessage(headers=self._trailers(body)))
             self._queue(data)
             self._response_done()
             self._next_requests()
             return True
         self._queue(data)
         return True
+
+    def _trailers(self, body: Body) -> list[tuple[bytes, bytes]]:
+        """An application's answer's trailers, when the answer is chunked (an HTTP/1.1 client,
+        no Content-Length): h11 can send them only then."""
+        trailers: list[tuple[bytes, bytes]] = getattr(body, "trailers", None) or []
+        if trailers and self.conn.their_http_version == b"1.1" and self.exchange is not None \
+                and self.exchange.response is None and self._chunked:
+            return trailers
+        return []
 
     def _queue(self, data: bytes) -> None:
         self._out.append(data)
@@ -350,6 +433,14 @@ class H1Engine:
                 self._send_response(response)
         self._finish()
         self.life.fire(CLOSE)
+
+
+def _declared(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """A request's Content-Length, if it gave one."""
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return None
 
 
 def _bytes(chunk: bytes | memoryview) -> bytes:

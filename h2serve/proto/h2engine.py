@@ -38,15 +38,17 @@ from h2.exceptions import NoAvailableStreamIDError, ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import ExtensionFrame
 
-from ..push.plan import Client, PushPlan
+from ..push.plan import Client, Promise, PushPlan
 from ..site.body import Response
+from ..upstream.pipe import RequestBody
 from . import lifecycle as lc
 from .compat import ServerConnection
-from .exchange import Deferred, Exchange, Host, Services
+from .exchange import Deferred, Exchange, Host, Proxied, Services
 from .h2guard import PRIORITY_UPDATE, FrameBudgets, FrameGuard, Refusal
 from .h2priority import NO_RFC7540_PRIORITIES, PrioritySignals
 from .h2sched import SendScheduler, Stream
 from .hpackcache import CachedEncoder
+from .proxied import H2Proxied
 
 log = logging.getLogger("h2serve")
 
@@ -279,6 +281,9 @@ class H2Engine:
                 referer = value.decode("latin-1")
         exchange = Exchange(self.services, self.client, "HTTP/2.0", method, target, headers,
                             referer, user_agent, authority, self._facts)
+        if self.services.upstream is not None and event.stream_ended is None:
+            # A body may follow, for the application: credited to the client as it is forwarded.
+            exchange.body = RequestBody(partial(self._credit, sid), _declared(headers))
         stream = self.streams[sid] = Stream(sid, exchange, self.signals.for_request(sid, headers))
         self._answer(stream)
 
@@ -292,6 +297,8 @@ class H2Engine:
             return
         if isinstance(result, Deferred):
             self.host.defer(result.kind, result.work, partial(self._deferred_done, stream))
+        elif isinstance(result, Proxied):
+            result.start(H2Proxied(self, stream))
         elif stream.exchange.plan is None:
             self._send_response(stream, result)
         else:
@@ -330,16 +337,7 @@ class H2Engine:
         sid = stream.id
         if plan.early_hints and plan.links:
             self.conn.send_headers(sid, [(b":status", b"103"), *plan.links])
-        promised = []
-        slots = self._push_slots()  # again: the plan may have waited for the disk
-        for promise in plan.promises[:slots]:
-            try:
-                pid = self.conn.get_next_available_stream_id()
-            except NoAvailableStreamIDError:
-                break  # every server stream id is used up: the page goes out without pushes
-            self.conn.push_stream(sid, pid, promise.headers)
-            self.pushed.add(promise.entry.path)
-            promised.append((pid, promise))
+        promised = self.promise_all(stream, plan)
         response.headers.extend(plan.links)
         if plan.set_cookie is not None:
             response.headers.append((b"set-cookie", plan.set_cookie))
@@ -348,6 +346,27 @@ class H2Engine:
         # are still arriving.
         if self._send_response(stream, response, queue=False):
             self._run(stream)
+        self.push_promised(stream, promised)
+
+    def promise_all(self, stream: Stream, plan: PushPlan) -> list[tuple[int, Promise]]:
+        """A PUSH_PROMISE for each of the plan's promises the client has room for."""
+        promised = []
+        slots = self._push_slots()  # again: the plan may have waited for the disk
+        for promise in plan.promises[:slots]:
+            if promise.entry.path in self.pushed:
+                continue
+            try:
+                pid = self.conn.get_next_available_stream_id()
+            except NoAvailableStreamIDError:
+                break  # every server stream id is used up: the page goes out without pushes
+            self.conn.push_stream(stream.id, pid, promise.headers)
+            self.pushed.add(promise.entry.path)
+            promised.append((pid, promise))
+        return promised
+
+    def push_promised(self, stream: Stream, promised: list[tuple[int, Promise]]) -> None:
+        """Answer the promised requests as any request for their paths is answered."""
+        sid = stream.id
         page = stream.exchange
         for rank, (pid, promise) in enumerate(promised, 1):
             path = promise.entry.path
@@ -375,6 +394,10 @@ class H2Engine:
         if queue:
             self.sched.add(stream)
         return True
+
+    def send_proxied(self, stream: Stream, response: Response) -> None:
+        """The application's answer (proto/proxied.py): HEADERS now, the body as it arrives."""
+        self._send_response(stream, response)
 
     def _pump(self, budget: int) -> None:
         """DATA in scheduler order while windows allow, until about `budget` bytes are queued."""
@@ -406,7 +429,12 @@ class H2Engine:
             body.fill(partial(self._filled, stream))
             return 0
         end = body.remaining == 0
-        self.conn.send_data_run(stream.id, chunk, end)
+        trailers = getattr(body, "trailers", None) if end else None
+        if trailers:  # an application's answer's trailers close the stream
+            self.conn.send_data_run(stream.id, chunk, False)
+            self.conn.send_headers(stream.id, trailers, end_stream=True)
+        else:
+            self.conn.send_data_run(stream.id, chunk, end)
         stream.exchange.sent += len(chunk)
         self.budgets.data_sent(len(chunk))
         if end:
@@ -454,9 +482,17 @@ class H2Engine:
         half-closed, and whatever else the client sends on it (trailers, WINDOW_UPDATE) is checked
         by h2 as on any open stream, with the error code the RFC names."""
         sid = event.stream_id
+        stream = self.streams.get(sid)
+        upload = stream.exchange.body if stream is not None else None
+        if upload is not None and not upload.dropped:
+            # For the application: credited to the client once the upstream socket takes it.
+            assert stream is not None
+            upload.feed(event.data, event.flow_controlled_length)
+            if upload.received > self.services.config.max_body_size:
+                self._too_large(stream)
+            return
         if event.flow_controlled_length:
             self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
-        stream = self.streams.get(sid)
         if stream is not None:  # the answer is still going out: stop the body when it is complete
             stream.uploading = event.stream_ended is None
         elif event.stream_ended is None:
@@ -466,6 +502,30 @@ class H2Engine:
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.uploading = False
+            if stream.exchange.body is not None:
+                stream.exchange.body.end()
+
+    def _credit(self, stream_id: int, n: int) -> None:
+        """Flow-control credit for `n` bytes of a request body the application has taken."""
+        if n and not self.life.ended:
+            with contextlib.suppress(ProtocolError):
+                self.conn.acknowledge_received_data(n, stream_id)
+
+    def _too_large(self, stream: Stream) -> None:
+        """A request body over --max-body-size (no Content-Length said so before): 413 if the
+        application has not answered yet (its call abandoned), else the stream is reset."""
+        exchange = stream.exchange
+        call = exchange.proxy
+        if call is not None and not call.responded:
+            call.responded = True
+            call.cancel()
+            log.info("request body from %s over --max-body-size: 413", self.client)
+            self._send_response(stream, exchange.served().site.error(413, exchange.method))
+            exchange.status = 413
+        else:
+            if exchange.body is not None:
+                exchange.body.drop()
+            self._reset(stream, ErrorCodes.CANCEL)
 
     def _stop_upload(self, stream_id: int) -> None:
         with contextlib.suppress(ProtocolError):
@@ -509,3 +569,11 @@ class H2Engine:
         if event.ping_data == SHUTDOWN_PING:
             self._drained()
 
+
+
+def _declared(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """A request's Content-Length, if it gave one."""
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return None

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..config import Config, default_of
 from ..site.filecache import FileEntry
 from ..site.handler import Site
-from ..site.paths import split_target
+from ..site.paths import BadTarget, split_target
 from .manifest import EMPTY, PushEntry, PushMap
 
 # Request headers that shape a response, copied from the page's request into each promised one.
@@ -29,6 +30,18 @@ COPIED_HEADERS = (b"accept", b"accept-encoding", b"accept-language", b"user-agen
 DIGEST_HASH_BYTES = 3
 DIGEST_MAX_ENTRIES = 200
 COOKIE_MAX_AGE = 30 * 24 * 3600
+
+
+class HintLike(Protocol):
+    """An application's preload (upstream/hints.py `Hint`): its Link value, and its path when it
+    is same-origin and may be pushed."""
+
+    @property
+    def link(self) -> bytes: ...
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def push(self) -> bool: ...
 
 
 class PushDigest:
@@ -164,6 +177,33 @@ class Pusher:
             # nothing, and cost it a header block to decode before the page's.
             plan.early_hints = False
         return plan
+
+    def plan_hints(self, hints: Sequence[HintLike], client: Client, *,
+                   block: bool = True) -> PushPlan | None:
+        """The plan for an application's preloads (upstream/hints.py), as `plan` makes one for a
+        page of the push map: the same-origin ones that the site's files answer are promised to
+        an HTTP/2 client that takes pushes (push cookie and `nopush` honoured, the site rules'
+        `allow` asked), and the 103 carries them all unless every one was promised. The final
+        answer's Link headers are the application's own: `links` here are for the 103 only."""
+        if not hints or client.method != "GET":
+            return None
+        plan = PushPlan(links=[(b"link", h.link) for h in hints])
+        plan.early_hints = self.early_hints == "all" or (
+            self.early_hints == "h2" and client.protocol == "h2")
+        allow, authority = self.allow, client.authority
+        entries = tuple(PushEntry(h.path, "", 0) for h in hints
+                        if h.push and h.path is not None and self._is_file(h.path, block)
+                        and (allow is None or allow(h.path, authority)))
+        if (self.push and entries and client.protocol == "h2" and client.push_slots > 0
+                and self._promise(plan, entries, client, block) == 0 and len(entries) == len(hints)):
+            plan.early_hints = False
+        return plan
+
+    def _is_file(self, path: str, block: bool) -> bool:
+        try:
+            return self.site.lookup(split_target(path.encode()), block=block) is not None
+        except BadTarget:
+            return False
 
     def _promise(self, plan: PushPlan, entries: tuple[PushEntry, ...], client: Client,
                  block: bool = True) -> int:
