@@ -756,3 +756,67 @@ def _h11_request(target: str, headers: Sequence[tuple[bytes, bytes]]) -> Any:
     import h11
 
     return h11.Request(method="GET", target=target, headers=[(b"host", b"localhost"), *headers])
+
+
+UPSTREAM_APPS = REPO / "tests" / "upstream_apps"
+
+
+@dataclass
+class AppProcess:
+    """A test application (tests/upstream_apps/) run by gunicorn, and where it listens."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    log: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def upstream_app() -> Iterator[Callable[..., AppProcess]]:
+    """Start `tests/upstream_apps/MODULE.py`'s `app` under gunicorn (threaded worker) on a free
+    port, as an application runs in production; stopped at the end of the test."""
+    apps: list[AppProcess] = []
+
+    def start(module: str, *, env: dict[str, str] | None = None, threads: int = 8) -> AppProcess:
+        cmd = [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "--workers", "1",
+               "--threads", str(threads), "--no-control-socket", "--graceful-timeout", "1",
+               "--chdir", str(UPSTREAM_APPS), f"{module}:app"]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                env={**os.environ, **(env or {})})
+        assert proc.stderr is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        port = 0
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", line)
+            if found:
+                port = int(found.group(1))
+            if port and "Booting worker" in line:
+                break
+        if not port:
+            proc.kill()
+            raise RuntimeError("gunicorn did not start:\n" + "".join(lines))
+        threading.Thread(target=_drain, args=(proc.stderr, lines), daemon=True).start()
+        app = AppProcess(proc, port, lines)
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        app.stop()

@@ -194,7 +194,7 @@ class H1Engine:
             log.info("bad HTTP/1.1 request from %s: %s", self.client, why)
             self._send_error_and_close(status)
             return
-        if self.services.upstream is not None and self.conn.their_state is h11.SEND_BODY:
+        if self.services.upstream is not None and _has_body(headers):
             # A body follows, perhaps for the application: read on as it is forwarded.
             exchange.body = RequestBody(self._credit, _declared(headers))
         self._answer(exchange, version)
@@ -433,6 +433,13 @@ class H1Engine:
                 self._send_response(response)
         self._finish()
         self.life.fire(CLOSE)
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The request has a body: Transfer-Encoding, or a Content-Length above 0 (h11 reads an
+    empty one for a request with neither)."""
+    return any(n == b"transfer-encoding" or (n == b"content-length" and v.strip() != b"0")
+               for n, v in headers)
 
 
 def _declared(headers: list[tuple[bytes, bytes]]) -> int | None:
