@@ -138,7 +138,6 @@ class ProxyCall:
         ex = self.exchange
         self._abandon()
         if not self.responded:
-            ex.upstream_status = status
             log.warning("upstream %s %s: %d for %s %s", self.upstream.target, why, status, ex.method,
                         ex.path)
             self.responded = True
