@@ -63,7 +63,8 @@ class H1Engine:
         self._out: list[bytes] = []
         self._queued = 0
         self._head_scanned = 0  # bytes at the front of h11's buffer known to hold no complete head
-        self._chunked = False   # the response being sent is chunked (it may carry trailers)
+        self._head: list[tuple[bytes, bytes]] = []  # the response head being sent (for trailers)
+        self._upload: RequestBody | None = None  # a request body on its way to the application
         self._facts = self._client_facts
 
     # -- what the adapter calls --------------------------------------------------------------------
@@ -98,7 +99,8 @@ class H1Engine:
 
     def output(self) -> bytes:
         """What is queued, then body chunks while the transport takes them, up to about CHUNK."""
-        self._pull_body()
+        if self._upload is not None:
+            self._pull_body()
         while (self.body is not None and self.writable and not self.life.ended
                and self._queued < CHUNK and self._pump_once()):
             pass
@@ -143,7 +145,8 @@ class H1Engine:
     def _next_requests(self) -> None:
         """Take events from h11 until a response is in progress or more input is needed."""
         conn = self.conn
-        self._pull_body()
+        if self._upload is not None:
+            self._pull_body()
         while not self.life.ended and self.exchange is None and self.writable:
             if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                 conn.start_next_cycle()  # the next pipelined request, if any, is now readable
@@ -196,7 +199,7 @@ class H1Engine:
             return
         if self.services.upstream is not None and _has_body(headers):
             # A body follows, perhaps for the application: read on as it is forwarded.
-            exchange.body = RequestBody(self._credit, _declared(headers))
+            exchange.body = self._upload = RequestBody(self._credit, _declared(headers))
         self._answer(exchange, version)
 
     def _client_facts(self, exchange: Exchange) -> Client:
@@ -254,7 +257,7 @@ class H1Engine:
             headers = [*headers, (b"connection", b"close")]
         if self.exchange is not None:
             self.exchange.status = response.status
-        self._chunked = not any(n == b"content-length" for n, _ in headers)
+        self._head = headers
         out = hints + self.conn.send(_response_head(response.status, headers))
         body = response.body
         if body is not None and body.remaining <= CHUNK:
@@ -292,6 +295,8 @@ class H1Engine:
         exchange = self.exchange
         upload = exchange.body if exchange is not None else None
         if upload is None or upload.ended or self.life.ended:
+            if exchange is None:
+                self._upload = None  # its exchange is over
             return
         conn = self.conn
         while conn.their_state is h11.SEND_BODY and (upload.dropped or not upload.full):
@@ -364,7 +369,8 @@ class H1Engine:
         no Content-Length): h11 can send them only then."""
         trailers: list[tuple[bytes, bytes]] = getattr(body, "trailers", None) or []
         if trailers and self.conn.their_http_version == b"1.1" and self.exchange is not None \
-                and self.exchange.response is None and self._chunked:
+                and self.exchange.response is None \
+                and not any(n == b"content-length" for n, _ in self._head):
             return trailers
         return []
 
