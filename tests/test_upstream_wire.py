@@ -4,6 +4,7 @@ off midway, a malformed one, and a kept-alive connection reused."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -184,3 +185,71 @@ def test_malformed_answer_gives_502(scripted, h2server, verify) -> None:
     server = h2server(scripted(garbage).url)
     with httpx.Client(http2=True, verify=verify) as client:
         assert client.get(server.url + "/page").status_code == 502
+
+
+def test_pool_is_bounded_and_idle_connections_expire(scripted, make_server, tmp_path: Path,
+                                                     verify) -> None:
+    """--upstream-connections 2: four slow requests at once use two connections, the others
+    wait; --upstream-idle-timeout closes them when idle, and the next request connects anew."""
+    import time as _time
+
+    active = [0, 0]  # now, most at once
+    lock = threading.Lock()
+
+    def slow(conn: h11.Connection, request: h11.Request, sock: socket.socket) -> None:
+        with lock:
+            active[0] += 1
+            active[1] = max(active[1], active[0])
+        _time.sleep(0.3)
+        with lock:
+            active[0] -= 1
+        send(conn, sock, h11.Response(status_code=200, headers=[(b"content-length", b"2")]),
+             h11.Data(data=b"ok"), h11.EndOfMessage())
+
+    upstream = scripted(slow)
+    root = tmp_path / "root"
+    root.mkdir()
+    server = make_server(root=str(root), upstream=upstream.url, upstream_connections=2,
+                         upstream_idle_timeout=0.5)
+    results: list[int] = []
+
+    def fetch() -> None:
+        with httpx.Client(http2=True, verify=verify) as client:
+            results.append(client.get(server.url + "/slow").status_code)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 4 and active[1] == 2 and upstream.connections == 2
+    _time.sleep(1.6)  # past the idle timeout (and the sweep after it)
+    fetch()
+    assert upstream.connections == 3
+
+
+def test_client_reset_abandons_the_call_and_frees_its_connection(scripted, make_server,
+                                                                 tmp_path: Path, ca_file: str) -> None:
+    """A stream reset while the application thinks: its connection is closed, not kept (its
+    answer would come to nobody), and the pool's only slot serves the next request."""
+    def answer(conn: h11.Connection, request: h11.Request, sock: socket.socket) -> None:
+        if request.target == b"/stuck":
+            sock.settimeout(5)
+            with contextlib.suppress(OSError):
+                sock.recv(1)  # until h2serve closes the connection
+            return
+        send(conn, sock, h11.Response(status_code=200, headers=[(b"content-length", b"2")]),
+             h11.Data(data=b"ok"), h11.EndOfMessage())
+
+    upstream = scripted(answer)
+    root = tmp_path / "root"
+    root.mkdir()
+    server = make_server(root=str(root), upstream=upstream.url, upstream_connections=1)
+    with H2Client.tls(server.port, ca_file) as c:
+        stuck = c.request("/stuck")
+        c.receive_for(0.3)
+        c.reset(stuck)
+        sid = c.request("/next")
+        c.receive_until(lambda: c.responses[sid].done)
+        assert c.responses[sid].status == 200 and bytes(c.responses[sid].body) == b"ok"
+    assert upstream.connections == 2
