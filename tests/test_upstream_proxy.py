@@ -412,3 +412,21 @@ def test_access_log_shows_the_upstream_status_and_time(proxy, client: httpx.Clie
     took = re.search(r'"GET /slow\?s=0.2 HTTP/[\d.]+" 200 \d+ "-" "[^"]*" upstream=200 (\d+\.\d{3})$', slow)
     assert took and float(took.group(1)) >= 0.2, slow
     assert "upstream=" not in static
+
+
+# -- the site rules still stand in front of the application ------------------------------------------
+
+
+def test_auth_and_redirect_rules_guard_what_goes_to_the_app(proxy, client: httpx.Client,
+                                                           tmp_path: Path) -> None:
+    from rulesite import htpasswd_file
+
+    users = htpasswd_file(tmp_path, {"ann": "correct horse"})
+    server = proxy(auth=[{"path": "/upload", "htpasswd": str(users), "realm": "App"}],
+                   redirect=[{"from": "/old", "to": "/headers", "status": 308}])
+    assert client.post(server.url + "/upload", content=b"abc").status_code == 401
+    assert client.get(server.url + "/upload").status_code == 401
+    r = client.post(server.url + "/upload", content=b"abc", auth=("ann", "correct horse"))
+    assert r.status_code == 200 and r.json()["size"] == 3
+    r = client.post(server.url + "/old", content=b"abc")
+    assert r.status_code == 308 and r.headers["location"] == "/headers"

@@ -173,6 +173,7 @@ class Exchange:
     upstream_status: int = 0        # for the log: the application's status, and how long it took
     upstream_time: float | None = None
     _logged: bool = False
+    _gated: bool = False            # the rules let this request through to the application
     _request: Request | None = None
     _served: Served | None = None
 
@@ -185,7 +186,16 @@ class Exchange:
         upstream = self.services.upstream
         if response is None and upstream is not None and self.proxy is None and (
                 self.method not in ("GET", "HEAD") or self.declares_body()):
-            return self._forward(upstream)  # the site's files answer GET and HEAD alone
+            # The site's files answer GET and HEAD alone; the rules' redirects, [[auth]] and
+            # preflights still stand in front of the application.
+            if not self._gated and served.rules.active:
+                try:
+                    response = self.response = served.rules.gate(self._ruled(), block=False)
+                except WouldBlock as e:
+                    return Deferred(e.kind, self._gate_blocking)
+                self._gated = True
+            if response is None:
+                return self._forward(upstream)
         if response is None:
             try:
                 response = self.response = served.rules.respond(self._ruled(), block=False)
@@ -244,6 +254,10 @@ class Exchange:
                 authority = next((v for n, v in self.headers if n == b":authority"), b"")
             self._served = self.services.pick(authority)
         return self._served
+
+    def _gate_blocking(self) -> None:
+        self.response = self.served().rules.gate(self._ruled(), block=True)
+        self._gated = True
 
     def _respond_blocking(self) -> None:
         self.response = self.served().rules.respond(self._ruled(), block=True)

@@ -183,6 +183,31 @@ class SiteRules:
         self._decorate(response, req, request, path, host, protected, preflight)
         return response
 
+    def gate(self, req: Request, *, block: bool = True) -> Response | None:
+        """What the rules answer before a request goes to the application (--upstream): a CORS
+        preflight, a redirect, or 401 for a path an `[[auth]]` rule covers without valid
+        credentials, in `respond`'s order; None: forward it. `block=False`: WouldBlock while a
+        password needs a bcrypt check."""
+        if not self.active:
+            return None
+        request = _consulted(req.headers)
+        path = _path(req.target)
+        host = request_host(req.authority)
+        response = None
+        preflight = False
+        if self.cors is not None:
+            response = self.cors.preflight(req.method, request, self.site.server)
+            preflight = response is not None
+        if response is None and path is not None:
+            response = self._redirect(req, path, host)
+        if response is None and path is not None and self.guards:
+            guard = self.guard_for(path, host)
+            if guard is not None:
+                response = self._check(guard, req, request, path, block)
+        if response is not None:
+            self._decorate(response, req, request, path, host, False, preflight)
+        return response
+
     def _redirect(self, req: Request, path: str, host: str) -> Response | None:
         for rule in self.redirects:
             if rule.host is not None and rule.host != host:
