@@ -253,3 +253,34 @@ def test_client_reset_abandons_the_call_and_frees_its_connection(scripted, make_
         c.receive_until(lambda: c.responses[sid].done)
         assert c.responses[sid].status == 200 and bytes(c.responses[sid].body) == b"ok"
     assert upstream.connections == 2
+
+
+def test_connect_that_takes_too_long_gives_504(make_server, tmp_path: Path, verify) -> None:
+    """An application whose accept queue is full: SYNs go unanswered, so connecting hangs, and
+    the client gets a 504 after --upstream-connect-timeout."""
+    import time as _time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(2):  # the queue takes one; the second connect times out: the queue is full
+        filler = socket.socket()
+        filler.settimeout(0.3)
+        with contextlib.suppress(OSError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    root = tmp_path / "root"
+    root.mkdir()
+    server = make_server(root=str(root), upstream=f"http://127.0.0.1:{port}",
+                         upstream_connect_timeout=0.5)
+    try:
+        with httpx.Client(http2=True, verify=verify) as client:
+            started = _time.monotonic()
+            assert client.get(server.url + "/page").status_code == 504
+            assert _time.monotonic() - started >= 0.5
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
