@@ -430,3 +430,18 @@ def test_auth_and_redirect_rules_guard_what_goes_to_the_app(proxy, client: httpx
     assert r.status_code == 200 and r.json()["size"] == 3
     r = client.post(server.url + "/old", content=b"abc")
     assert r.status_code == 308 and r.headers["location"] == "/headers"
+
+
+def test_client_that_stops_reading_a_large_answer_holds_the_app_back(
+        spawn_server: Callable[..., ServerProcess], push_app: AppProcess, site_root: Path,
+        ca_file: str) -> None:
+    """A 64 MiB answer to a client that grants no window beyond the first 64 KiB: the server
+    reads from the application only what it can pass on (256 KiB buffered at most), so its memory
+    does not grow with the answer."""
+    proc = spawn_server("--root", str(site_root), "--upstream", push_app.url)
+    baseline = rss_kib(proc.proc.pid)
+    with H2Client.tls(proc.port, ca_file, flow_control="manual") as c:
+        sid = c.request("/big?blocks=1024")
+        c.receive_for(2.0)
+        assert c.responses[sid].status == 200 and c.responses[sid].received <= 65535
+        assert rss_kib(proc.proc.pid) - baseline < 16 * 1024
