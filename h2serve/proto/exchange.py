@@ -15,10 +15,12 @@ The asyncio adapter (net/adapter.py) is one host; the engine tests use another, 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ..metrics import Meter
 from ..site.blocking import WouldBlock
 from ..site.body import Response
 from ..site.rules import Request, SiteRules, request_host
@@ -96,6 +98,7 @@ class Services:
     access_log: AccessLog
     work: WorkPool | None = None
     others: tuple[tuple[SiteSpec, Site, Pusher], ...] = ()
+    metrics: Meter = field(default_factory=Meter)  # --metrics-bind: what the engines count
     rules: SiteRules = field(init=False)
     default: Served = field(init=False)
     hosts: dict[str, Served] = field(init=False)
@@ -154,6 +157,8 @@ class Exchange:
     sent: int = 0                   # body bytes sent
     response: Response | None = None
     plan: PushPlan | None = field(default=_UNSET)  # type: ignore[assignment]  # _UNSET: not asked yet
+    pushed: bool = False            # a pushed response (for the log)
+    started: float = field(default_factory=time.monotonic)
     _logged: bool = False
     _request: Request | None = None
     _served: Served | None = None
@@ -224,10 +229,15 @@ class Exchange:
         return self.target.decode("latin-1")
 
     def finish(self) -> None:
-        """Log the request, once, however its answer ended."""
+        """Log and count the request, once, however its answer ended."""
         if not self._logged:
             self._logged = True
-            log = self.services.access_log
+            services = self.services
+            log, meter = services.access_log, services.metrics
+            seconds = time.monotonic() - self.started
+            if meter.enabled:
+                meter.request(self.protocol == "HTTP/2.0", self.status, self.sent, seconds)
             if log.enabled:
                 log.log(self.client, self.method, self.path, self.protocol, self.status, self.sent,
-                        self.referer, self.user_agent)
+                        self.referer, self.user_agent, host=self.authority, seconds=seconds,
+                        pushed=self.pushed)

@@ -112,6 +112,7 @@ class CompressionCache:
         self._lock = threading.Lock()
         self._turns = threading.BoundedSemaphore(concurrency)
         self._pending: dict[tuple[str, str, str], _Pending] = {}
+        self.compressions = 0  # compressions made, for the metrics (changed under `_lock`)
 
     def get(self, path: str, etag: str, coding: str, source: Callable[[], bytes | None], *,
             block: bool = True) -> bytes | None:
@@ -155,6 +156,7 @@ class CompressionCache:
         with self._turns:
             out = compress(data, coding)
         with self._lock:
+            self.compressions += 1
             if key not in self._items:
                 self._items[key] = out
                 self.size += len(out)
