@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from .site.filecache import FileCache
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# What generate_latest writes: the classic text format, which every Prometheus reads (0.26 calls it
+# CONTENT_TYPE_PLAIN_0_0_4, older releases CONTENT_TYPE_LATEST, now the name of 1.0.0).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PROTOCOLS = ("h2", "http/1.1")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # h2serve_abuse_disconnects_total's `reason` label: every value is exported from the start (at 0),
@@ -223,9 +226,7 @@ class PrometheusMeter(Meter):
 
             registry = pc.CollectorRegistry()
             multiprocess.MultiProcessCollector(registry, self.multiprocess_dir)
-        # The classic text format, which every Prometheus reads (what prometheus_client's own
-        # exposition answers a scraper that asks for nothing newer).
-        return pc.generate_latest(registry), pc.exposition.CONTENT_TYPE_PLAIN_0_0_4
+        return pc.generate_latest(registry), CONTENT_TYPE
 
 
 def make_meter(enabled: bool) -> Meter:

@@ -1,7 +1,8 @@
 """SIGHUP: read the configuration and the certificates again, without dropping a connection.
 
 What is read again: the `--config` TOML file (with the command line's options on top, as at the
-start), and so the site rules, virtual hosts, push maps, cache policies, timeouts and limits; and
+start), and so the site rules, virtual hosts, push maps, cache policies, timeouts, limits and the
+log level; and
 every certificate and key file (`--cert`/`--key` and each `[[site]]`'s). New connections get a new
 TLS context and the new rules; connections already open keep theirs to the end (their TLS session
 cannot change, and a request half answered should not change its mind).
@@ -91,6 +92,8 @@ async def reload(server: Server, reread: Callable[[], Config] | None, *,
         meter.reloaded(False)
         return False
     config, services, ctx = prepared
+    if reread is not None and config.log_level != server.config.log_level:
+        logging.getLogger().setLevel(config.log_level.upper())  # the command line's logging (cli.py)
     apply(server, config, services, ctx)
     meter.reloaded(True)
     log.info("SIGHUP: reloaded the configuration and certificates; %s",

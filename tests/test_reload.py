@@ -110,7 +110,8 @@ def test_sighup_reloads_the_config_for_new_connections_only(spawn_server, tmp_pa
     url = f"https://localhost:{proc.port}/about"
     with httpx.Client(http2=True, verify=verify) as before:
         assert before.get(url).headers["cache-control"] == "no-cache"
-        toml.write_text('html-cache-control = "max-age=5"\nh2c-bind = ["127.0.0.1:0"]\n')
+        toml.write_text('html-cache-control = "max-age=5"\nh2c-bind = ["127.0.0.1:0"]\n'
+                        'log-level = "debug"\n')
         since = len(proc.stderr_lines)
         proc.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: reloaded(proc, since))
@@ -119,8 +120,14 @@ def test_sighup_reloads_the_config_for_new_connections_only(spawn_server, tmp_pa
         assert before.get(url).headers["cache-control"] == "no-cache"  # opened before: untouched
     restart = [line for line in proc.stderr_lines[since:] if "takes a restart" in line]
     assert len(restart) == 1 and "--h2c-bind changed" in restart[0] and "WARNING" in restart[0]
+    with socket.create_connection(("127.0.0.1", proc.port)) as raw:  # a debug line, now logged
+        raw.sendall(b"\x16\x03\x01\x00\x08garbage!")
+        raw.settimeout(5)
+        while raw.recv(4096):
+            pass
+    wait_for(lambda: any("DEBUG" in line and "TLS handshake failed" in line for line in proc.stderr_lines))
 
-    toml.write_text('html-cache-control = "max-age=5"\n[broken\n')
+    toml.write_text('html-cache-control = "max-age=5"\nlog-level = "debug"\n[broken\n')
     since = len(proc.stderr_lines)
     proc.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: any(" ERROR " in line for line in proc.stderr_lines[since:]))
