@@ -60,6 +60,13 @@ class Scraper(threading.Thread):
                     self.stopped.wait(self.interval)
 
 
+def server_cpu(pid: int) -> float:
+    """CPU seconds of the server so far: the process, and with --workers its workers."""
+    from h2serve.workers import worker_pids
+
+    return cpu_seconds(pid) + sum(cpu_seconds(w) for w in worker_pids(pid))
+
+
 def start(site: Path, certs: Path, workers: int) -> tuple[subprocess.Popen[str], int, int]:
     cmd = peers.pinned([sys.executable, "-m", "h2serve", "--root", str(site), "--bind", "127.0.0.1:0",
                         "--cert", str(certs / "cert.pem"), "--key", str(certs / "key.pem"),
@@ -99,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                     scraper = Scraper(metrics, args.interval) if mode == "with" else None
                     if scraper is not None:
                         scraper.start()
-                    t0, c0 = time.monotonic(), cpu_seconds(proc.pid)
+                    t0, c0 = time.monotonic(), server_cpu(proc.pid)
                     result = run_h2load(url, H2LOAD)
-                    cpu[mode].append((cpu_seconds(proc.pid) - c0) / result["requests"] * 1e6)
+                    cpu[mode].append((server_cpu(proc.pid) - c0) / result["requests"] * 1e6)
                     if scraper is not None:
                         scraper.stopped.set()
                         scraper.join(10)
