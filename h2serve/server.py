@@ -231,8 +231,9 @@ class Server:
             services.metrics.sample(services.site.cache, services.site.compressed)
 
     def reload_push_map(self) -> bool:
-        """Read the push map again (SIGHUP, --reload); a broken one is reported and the old kept.
-        It reads files: --reload calls it in a worker thread (the new map is one assignment)."""
+        """Read the push map again (--reload; SIGHUP reloads everything, reload.py); a broken one
+        is reported and the old kept. It reads files: --reload calls it in a worker thread (the new
+        map is one assignment)."""
         assert self.services is not None
         try:
             new = push_map_for(self.config, self.services.site)

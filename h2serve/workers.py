@@ -32,8 +32,9 @@ Why it is built this way:
   the terminal (SIGINT to the foreground group) reaches only the supervisor, which forwards it once:
   a worker that got it twice would take the second as "cut downloads short". SIGINT and SIGTERM are
   forwarded as they come (the first stops each worker gracefully: GOAWAY, drain; the second forces),
-  as is SIGHUP (push map reload). The supervisor closes its own copies of the listening sockets at
-  once, so new connections are refused as soon as the workers close theirs, and exits 0 when the
+  as is SIGHUP (reload.py: the supervisor reads the configuration first, then every worker
+  reloads). The supervisor closes its own copies of the listening sockets at once, so new
+  connections are refused as soon as the workers close theirs, and exits 0 when the
   last worker has; one that outlives `--graceful-timeout` by STOP_MARGIN is killed. On Linux a worker
   is sent SIGTERM if its supervisor dies (PR_SET_PDEATHSIG), so none is left behind.
 * **The supervisor's loop** is `select()` on two pipes: the signal wakeup pipe (its handlers do
