@@ -83,7 +83,8 @@ METRICS_JS = """new Promise(resolve => {
 def nginx_config(prefix: Path, port: int, pages: Path, static: Path, cert: Path, key: Path, *,
                  root_user: bool = False, mime: Path | None = None) -> str:
     """nginx.conf for one worker serving `pages` at / and `static` at /static/ over TLS with h2
-    (nginx 1.22's `listen ... http2`), no push, no access log; its files under `prefix`."""
+    (nginx 1.22's `listen ... http2`), gzip for text as h2serve compresses it, no push, no access
+    log; its files under `prefix`."""
     temp = "".join(f"    {kind}_temp_path {prefix / kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""daemon off;
@@ -99,6 +100,8 @@ http {{
     access_log off;
 {temp}    sendfile on;
     tcp_nodelay on;
+    gzip on;
+    gzip_types text/css application/javascript image/svg+xml application/json;
     server {{
         listen 127.0.0.1:{port} ssl http2;
         server_name localhost;
@@ -120,7 +123,8 @@ http {{
 def h2o_config(prefix: Path, port: int, pages: Path, static: Path, cert: Path, key: Path, *,
                root_user: bool = False) -> str:
     """h2o.conf (YAML) for one thread serving `pages` at / and `static` at /static over TLS (h2 and
-    http/1.1 by ALPN), no access log; its files under `prefix`."""
+    http/1.1 by ALPN), compressing text on the fly (`compress: ON`: brotli or gzip) as h2serve
+    does, no access log; its files under `prefix`."""
     user = "user: root\n" if root_user else ""
     return f"""{user}pid-file: {prefix / "h2o.pid"}
 error-log: {prefix / "error.log"}
@@ -131,6 +135,7 @@ listen:
   ssl:
     certificate-file: {cert}
     key-file: {key}
+compress: ON
 hosts:
   "localhost:{port}":
     paths:

@@ -24,6 +24,7 @@ from typing import Any
 
 from .site.rulespec import (
     AuthRule,
+    DictionaryRule,
     HeaderRule,
     RedirectRule,
     RuleError,
@@ -45,6 +46,8 @@ GROUPS = {
     "caching": "Cache-Control headers",
     "rules": "site rules: SPA fallback, CORS, security headers (redirects, per-path headers and "
              "basic auth are [[redirect]], [[headers]] and [[auth]] tables of the --config file)",
+    "compression": "content codings: best-ratio precompression and compression dictionaries "
+                   "(RFC 9842; [[dictionary]] tables of the --config file)",
     "push": "HTTP/2 server push, preload links and 103 Early Hints",
     "HTTP/2": "HTTP/2 settings, and cleartext HTTP/2 (h2c) behind a proxy",
     "limits": "timeouts and caps that protect the server from slow or greedy clients",
@@ -195,6 +198,15 @@ class Config:
         (), "[[headers]] tables: path, set", group="rules", table=True)
     auth: tuple[AuthRule, ...] = option(
         (), "[[auth]] tables: path, htpasswd, realm", group="rules", table=True)
+    precompress_dir: str | None = option(
+        None, "keep brotli quality 11 and zstd level 19 encodings of compressible files here, made "
+        "once per file version in the background, and the compression dictionaries served; off "
+        "when not given", metavar="DIR", group="compression")
+    precompress_size: int = option(
+        256, "MiB of disk --precompress-dir may fill; the least recently used go first",
+        metavar="MIB", group="compression")
+    dictionary: tuple[DictionaryRule, ...] = option(
+        (), "[[dictionary]] tables (RFC 9842): match, match-dest, id", group="compression", table=True)
     workers: int | str = option(
         1, "worker processes serving the same sockets: a number, or auto for one per usable CPU; "
         "above 1 a supervisor binds the sockets, starts the workers and restarts any that dies",
@@ -232,6 +244,14 @@ class Config:
         if self.priorities not in ON_OFF:
             raise ConfigError(f"--priorities: {self.priorities!r} is not on or off")
         parse_workers(self.workers)
+        if self.precompress_dir is not None and not _importable("brotli", "zstandard"):
+            raise ConfigError("--precompress-dir: neither brotli nor zstandard is installed, so there is "
+                              "nothing to precompress (pip install 'h2serve[brotli,zstd]')")
+        if self.precompress_size < 1:
+            raise ConfigError("--precompress-size must be at least 1 (MiB)")
+        if self.precompress_dir is not None and os.path.exists(self.precompress_dir) \
+                and not os.path.isdir(self.precompress_dir):
+            raise ConfigError(f"--precompress-dir {self.precompress_dir}: not a folder")
         if (self.cert is None) != (self.key is None):
             raise ConfigError("--cert and --key go together: give both, or neither for a dev certificate")
         for flag, path in (("--cert", self.cert), ("--key", self.key)):
@@ -340,6 +360,17 @@ class Config:
             return cls(**values)
         except TypeError as e:
             raise ConfigError(f"--config {path}: {e}") from None
+
+
+def _importable(*modules: str) -> bool:
+    """Whether any of `modules` imports (the optional extras a setting needs)."""
+    for name in modules:
+        try:
+            __import__(name)
+        except ImportError:
+            continue
+        return True
+    return False
 
 
 def default_of(name: str) -> Any:

@@ -350,6 +350,8 @@ class Server:
             self.services.access_log.close()
             if self.services.work is not None:
                 self.services.work.shutdown()
+            for site in (self.services.site, *(other[1] for other in self.services.others)):
+                site.close()  # precompression and dictionary threads (issue 18)
         if self.ops is not None:  # last: /healthz says 503 while the connections drain
             self.ops.close()
         self._acceptors.clear()

@@ -41,6 +41,8 @@ def other_sites(config: Config, default: Site) -> tuple[tuple[SiteSpec, Site, Pu
         site = Site.from_folders(root=spec.root, templates=own.templates, static=own.static,
                                  server_name=config.server_name, policy=Policy.from_config(config))
         site.cache, site.compressed = default.cache, default.compressed
+        # One precompression folder and thread, one deltas folder; dictionaries stay per site.
+        site.precompressed, site.dictionaries.deltas = default.precompressed, default.dictionaries.deltas
         built.append((spec, site, Pusher.from_config(own, site, push_map_for(own, site))))
     return tuple(built)
 

@@ -17,6 +17,7 @@ def test_nginx_config_serves_the_site_over_tls_and_h2(tmp_path: Path) -> None:
     assert "ssl_certificate /c/cert.pem;" in conf and "ssl_certificate_key /c/key.pem;" in conf
     assert "root /s/pages;" in conf and "alias /s/static/;" in conf
     assert "http2_push" not in conf and "user root root;" in conf
+    assert "gzip on;" in conf and "text/css application/javascript" in conf  # compresses as we do
     assert f"pid {tmp_path / 'nginx.pid'};" in conf
     assert conf.count("{") == conf.count("}")
     assert "user root" not in browser.nginx_config(tmp_path, 1, Path("/p"), Path("/s"),
@@ -31,7 +32,7 @@ def test_h2o_config_serves_the_site_over_tls(tmp_path: Path) -> None:
     assert '  "localhost:9443":' in lines
     assert lines.index('      "/static":') < lines.index('      "/":')  # the longer path first
     assert "        file.dir: /s/static" in lines and "        file.dir: /s/pages" in lines
-    assert not conf.startswith("user:")
+    assert not conf.startswith("user:") and "compress: ON" in lines
     assert browser.h2o_config(tmp_path, 1, Path("/p"), Path("/s"), Path("/c"), Path("/k"),
                               root_user=True).startswith("user: root\n")
 

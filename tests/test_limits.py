@@ -288,9 +288,14 @@ def test_parked_streams_stay_cheap_and_are_timed_out(big_server, big_file, ca_fi
                                                                       for x in s))
             parked_at = time.monotonic()
             assert fd_count(pid) >= fds_before + 20 * 21  # a socket and an open file per stream
+            # The attackers read their sockets all along (they only withhold WINDOW_UPDATEs; one
+            # that does not read at all is the next test's): the send timeout (2 s) resets every
+            # parked stream, then the connection ends.
+            while not all(a.closed for a in attackers) and time.monotonic() - parked_at < 8:
+                for attacker in attackers:
+                    attacker.receive_for(0.01)
             for attacker in attackers:
-                # The send timeout (2 s) resets every parked stream, then the connection ends.
-                goaway = goaway_on_close(attacker, 8)
+                goaway = goaway_on_close(attacker, 0.1)
                 assert goaway.error_code == ErrorCodes.NO_ERROR
                 for sid, response in attacker.responses.items():
                     assert response.reset_code == ErrorCodes.CANCEL, sid
@@ -312,6 +317,9 @@ def test_client_that_stops_reading_its_socket_is_closed_after_the_send_timeout(b
         started = time.monotonic()
         wait_for(lambda: any("has read nothing" in line for line in proc.stderr_lines), 10)
         assert time.monotonic() - started < 2 + 3
+        # Its stream is reset and a GOAWAY queued behind what waits; as it reads none of that
+        # either, the connection is cut off after a further send timeout.
+        time.sleep(2 + 1)
         attacker.receive_for(0.5)
         assert not attacker.responses[sid].ended
         assert attacker.closed

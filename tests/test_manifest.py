@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, STATIC, TEMPLATES
 
 from h2serve.config import ConfigError
-from h2serve.push.manifest import build_map, load_manifest
+from h2serve.push.manifest import build_map, load_manifest, lookup
 from h2serve.push.scan import scan_site
 from h2serve.site.handler import Site
 
@@ -120,6 +120,33 @@ def test_scan_follows_document_order_and_css_fonts(tmp_path: Path) -> None:
     index = scan_site(site)["/"]
     assert list(index) == ["/css/a.css", "/f.woff2", "/b.js", "/m.js", "/c.png", "/d.json"]
     assert [v["type"] for v in index.values()] == ["style", "font", "script", "script", "image", "fetch"]
+
+
+def test_scan_ranks_scripts_that_do_not_block_rendering_below_fonts(tmp_path: Path) -> None:
+    """Chromium asks for every preload at one priority, in Link order, and holds first paint for a
+    preloaded font: a deferred script must not go ahead of the font, a blocking one must."""
+    (tmp_path / "index.html").write_text(
+        '<link rel="stylesheet" href="/a.css"><script src="/block.js"></script>'
+        '<script src="/defer.js" defer></script><script async src="/async.js"></script>'
+        '<script type="module" src="/mod.js"></script><link rel="modulepreload" href="/pre.js">'
+        '<link rel="preload" href="/late.js" as="script"><script src="/late.js" defer></script>'
+        '<img src="/c.png">')
+    (tmp_path / "a.css").write_text('@font-face { font-family: X; src: url("/f.woff2"); }')
+    for name in ("block.js", "defer.js", "async.js", "mod.js", "pre.js", "late.js", "c.png",
+                 "f.woff2"):
+        (tmp_path / name).write_bytes(b"x")
+    site = Site.from_folders(root=str(tmp_path), templates="", static="")
+    manifest = scan_site(site)
+    weights = {path: v["weight"] for path, v in manifest["/"].items()}
+    assert weights == {"/a.css": 256, "/f.woff2": 128, "/block.js": 192, "/defer.js": 96,
+                       "/async.js": 96, "/mod.js": 96, "/pre.js": 96, "/late.js": 192, "/c.png": 32}
+    # The map the server uses (and so its Link, 103 and push order): highest weight first,
+    # document order within a weight.
+    page = lookup(site, "/")
+    assert page is not None
+    order = [e.path for e in build_map(manifest, site, "derived").entries_for(page)]
+    assert order == ["/a.css", "/block.js", "/late.js", "/f.woff2", "/defer.js", "/async.js",
+                     "/mod.js", "/pre.js", "/c.png"]
 
 
 def test_manifest_command_writes_the_demo_sites_map(tmp_path: Path) -> None:

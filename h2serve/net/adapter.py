@@ -19,7 +19,9 @@ no limit of its own on plain TCP, and uvloop waits for the client's close_notify
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import time
 import typing
 from collections.abc import Callable
@@ -31,15 +33,28 @@ from ..proto.exchange import Engine, Services
 from ..proto.h1engine import H1Engine
 from ..proto.h2engine import H2Engine
 from ..proto.lifecycle import CLOSED, CLOSING
+from .records import RecordSizer
 from .tls import negotiated_protocol
 
 log = logging.getLogger("h2serve")
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # 25 on Linux; Python names it there
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Memory per connection that does not read: what the transport holds above the kernel's socket
 # buffer. It is what many slow readers multiply (2,000 of them at 512 KiB would be 1 GiB); the
 # kernel's own buffer, autotuned to megabytes, is what keeps a fast reader's pipe full.
-WRITE_BUFFER_HIGH = 128 * 1024    # transport buffer above which the engine is not asked for more
+# They also decide how late the HTTP/2 scheduler's choices stay (issue 14): bytes already in the
+# transport or the kernel go out in the order they were written, whatever the browser asks for next,
+# so while a connection carries a page (its first megabyte, or after a pause: net/records.py) both
+# are kept small and refilled as they drain. TCP_NOTSENT_LOWAT keeps the kernel from taking more
+# than NOTSENT_LOWAT bytes it has not sent yet (the socket turns unwritable above it, as in h2o's
+# latency optimisation); bytes in flight are the congestion window's, which is the network's. A bulk
+# transfer gets the wide limits back (BULK_*: 0 is the kernel's default, no limit), so that large
+# files keep their rate.
+WRITE_BUFFER_HIGH = 32 * 1024     # transport buffer above which the engine is not asked for more
+NOTSENT_LOWAT = 16 * 1024         # unsent bytes the kernel takes before the socket turns unwritable
+BULK_WRITE_BUFFER_HIGH = 128 * 1024
+BULK_NOTSENT_LOWAT = 0
 MAX_OUTPUT_BUFFER = 512 * 1024    # bytes waiting to be written before a client is cut off
 
 
@@ -85,6 +100,8 @@ class Adapter(asyncio.Protocol):
         self._again = False
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._shape = RecordSizer()  # record sizes over TLS; buffer limits on every connection
+        self._bulk = False
 
     # -- Host --------------------------------------------------------------------------------------
 
@@ -120,7 +137,7 @@ class Adapter(asyncio.Protocol):
         if self.registry.closing:
             self.abort()
             return
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        self._limits(bulk=False)
         if self.tls:
             chosen = negotiated_protocol(transport.get_extra_info("ssl_object"))
             if chosen == "http/1.1" and "http/1.1" not in self.services.config.alpn:
@@ -193,6 +210,7 @@ class Adapter(asyncio.Protocol):
         engine, transport = self.engine, self.transport
         if engine is None or transport is None or self.closed:
             return
+        shape, split = self._shape, self.tls
         self._draining = True
         try:
             while True:
@@ -201,7 +219,13 @@ class Adapter(asyncio.Protocol):
                     data = engine.output()
                     if not data:
                         break
-                    transport.write(data)
+                    pieces = shape.pieces(data, time.monotonic())
+                    if shape.streaming != self._bulk:
+                        self._limits(bulk=not self._bulk)
+                    if pieces is None or not split:
+                        transport.write(data)
+                    else:  # one TLS record each, in one socket write (net/records.py)
+                        transport.writelines(pieces)
                     # Past the high-water mark (paused) the engine produces no DATA; what piles up
                     # beyond it is answers to a client that sends but does not read (floods of
                     # PINGs, SETTINGS, HEAD requests).
@@ -227,6 +251,19 @@ class Adapter(asyncio.Protocol):
                 else:
                     transport.pause_reading()
             self._schedule(engine.deadline)
+
+    def _limits(self, *, bulk: bool) -> None:
+        """Narrow buffers while the connection carries a page, wide ones for a bulk transfer."""
+        self._bulk = bulk
+        transport = self.transport
+        if transport is None:
+            return
+        transport.set_write_buffer_limits(high=BULK_WRITE_BUFFER_HIGH if bulk else WRITE_BUFFER_HIGH)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family != socket.AF_UNIX:
+            with contextlib.suppress(OSError):  # Linux and macOS have it; elsewhere, the default
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT,
+                                BULK_NOTSENT_LOWAT if bulk else NOTSENT_LOWAT)
 
     def _schedule(self, deadline: float | None) -> None:
         """Run `tick` at the engine's deadline when it is sooner than the next sweep."""
@@ -281,7 +318,14 @@ class Adapter(asyncio.Protocol):
         if self.paused and now - self.paused_at > cfg.send_timeout:
             log.info("client %s has read nothing for %gs: closing", self.client, cfg.send_timeout)
             self.services.metrics.abuse("send_timeout")
-            self.abort()
+            if isinstance(engine, H2Engine):
+                # Its streams are reset and a GOAWAY goes behind what waits, so that a client that
+                # was only slow learns why; one that reads not even that is cut off after a
+                # further send timeout (the closed branch above).
+                engine.give_up_writing()
+                self._drain()
+            else:
+                self.abort()
             return
         engine.tick(now)
         self._drain()

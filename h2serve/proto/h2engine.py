@@ -190,6 +190,13 @@ class H2Engine:
         elif not self.streams and now - self.last_active > cfg.idle_timeout:
             self._goaway(ErrorCodes.NO_ERROR)
 
+    def give_up_writing(self) -> None:
+        """The transport took nothing for the send timeout: reset every stream and end with a
+        GOAWAY, as for streams stalled at a zero window (the adapter then closes)."""
+        for stream in list(self.streams.values()):
+            self._reset(stream, ErrorCodes.CANCEL)
+        self._goaway(ErrorCodes.NO_ERROR)
+
     def shutdown(self) -> None:
         """Graceful close, the two-step GOAWAY of RFC 9113 section 6.8.
 

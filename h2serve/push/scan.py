@@ -9,30 +9,34 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 from ..site.handler import Site
-from .manifest import DEFAULT_WEIGHTS, TYPES, PushEntry, PushMap, build_map, lookup
+from .manifest import DEFAULT_WEIGHTS, DEFERRED_SCRIPT_WEIGHT, TYPES, PushEntry, PushMap, build_map, lookup
 
 
 class _AssetParser(HTMLParser):
-    """Collects (url, type) of what a page needs, in document order."""
+    """Collects (url, type, weight) of what a page needs, in document order."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.found: list[tuple[str, str]] = []
+        self.found: list[tuple[str, str, int]] = []
+
+    def _add(self, url: str, kind: str, deferred: bool = False) -> None:
+        self.found.append((url, kind, DEFERRED_SCRIPT_WEIGHT if deferred else DEFAULT_WEIGHTS[kind]))
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = {k: v or "" for k, v in attrs}
         rels = set(a.get("rel", "").lower().split())
         if tag == "link" and a.get("href"):
             if "stylesheet" in rels:
-                self.found.append((a["href"], "style"))
+                self._add(a["href"], "style")
             elif "modulepreload" in rels:
-                self.found.append((a["href"], "script"))
+                self._add(a["href"], "script", deferred=True)
             elif "preload" in rels and a.get("as", "").lower() in TYPES:
-                self.found.append((a["href"], a["as"].lower()))
+                self._add(a["href"], a["as"].lower())
         elif tag == "script" and a.get("src"):
-            self.found.append((a["src"], "script"))
+            deferred = "defer" in a or "async" in a or a.get("type", "").lower() == "module"
+            self._add(a["src"], "script", deferred)
         elif tag == "img" and a.get("src"):
-            self.found.append((a["src"], "image"))
+            self._add(a["src"], "image")
 
 
 FONT_FACE = re.compile(r"@font-face\s*{([^}]*)}", re.IGNORECASE)
@@ -69,11 +73,15 @@ def scan_page(site: Site, url: str) -> list[PushEntry]:
     parser = _AssetParser()
     parser.feed(Path(page.path).read_text(encoding="utf-8", errors="replace"))
     out: dict[str, PushEntry] = {}
-    for ref, kind in parser.found:
+    for ref, kind, weight in parser.found:
         path = _local_path(url, ref)
-        if path is None or path in out or lookup(site, path) is None:
+        if path is None or lookup(site, path) is None:
             continue
-        out[path] = PushEntry(path, kind, DEFAULT_WEIGHTS[kind])
+        if path in out:  # named twice (a preload, then the script itself): the higher weight holds
+            if weight > out[path].weight:
+                out[path] = PushEntry(path, kind, weight)
+            continue
+        out[path] = PushEntry(path, kind, weight)
         if kind == "style":
             for font in _css_fonts(site, path):
                 out.setdefault(font, PushEntry(font, "font", DEFAULT_WEIGHTS["font"]))

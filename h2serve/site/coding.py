@@ -20,6 +20,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
+from . import zstdcodec
 from .blocking import WouldBlock
 
 try:
@@ -27,10 +28,15 @@ try:
 except ImportError:  # pragma: no cover - depends on the environment
     brotli = None
 
-# Server preference when the client's q-values tie: smallest output first.
-PREFERENCE = ("br", "zstd", "gzip")
-TOKENS = {"br": b"br", "zstd": b"zstd", "gzip": b"gzip"}  # Content-Encoding values
-ON_THE_FLY = ("br", "gzip") if brotli is not None else ("gzip",)
+# Server preference when the client's q-values tie: smallest output first. `dcz` (a delta against a
+# dictionary the client holds, RFC 9842) is a few percent of any other and is offered only when it
+# applies (site/dictionary.py); then brotli, which for text beats zstd at the levels used here (on
+# the fly, brotli 5 against zstd 3; precompressed, brotli 11 against zstd 19: see
+# benchmarks/README.md), then zstd, then gzip.
+PREFERENCE = ("dcz", "br", "zstd", "gzip")
+TOKENS = {"br": b"br", "zstd": b"zstd", "gzip": b"gzip", "dcz": b"dcz"}  # Content-Encoding values
+ON_THE_FLY = tuple(c for c, there in (("br", brotli is not None), ("zstd", zstdcodec.available()),
+                                      ("gzip", True)) if there)
 MIN_SIZE = 1024                 # smaller files gain too little to be worth a coding
 MAX_SIZE = 1024 * 1024          # larger ones are compressed ahead of time (siblings), not here
 CACHE_BYTES = 32 * 1024 * 1024  # compressed bytes kept in memory
@@ -92,9 +98,12 @@ def choose(header: bytes | None, available: tuple[str, ...]) -> str | None:
 
 
 def compress(data: bytes, coding: str) -> bytes:
+    """The fast on-the-fly coding of `data` (the best ones are site/precompress.py's)."""
     if coding == "br":
         assert brotli is not None
         return brotli.compress(data, quality=5)
+    if coding == "zstd":
+        return zstdcodec.compress(data, zstdcodec.FAST_LEVEL)
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 
@@ -115,10 +124,14 @@ class CompressionCache:
         self.compressions = 0  # compressions made, for the metrics (changed under `_lock`)
 
     def get(self, path: str, etag: str, coding: str, source: Callable[[], bytes | None], *,
-            block: bool = True) -> bytes | None:
+            block: bool = True, encode: Callable[[bytes], bytes | None] | None = None) -> bytes | None:
         """The compressed bytes of one file version; `source()` (the file's contents, or None if
         they cannot be had) is called only when they are not cached yet. `block=False` answers
-        only from the cache, and raises WouldBlock("cpu") where it would compress."""
+        only from the cache, and raises WouldBlock("cpu") where it would compress.
+
+        `encode(contents)` replaces `compress(contents, coding)` for other kinds of bytes kept
+        here: a dcz delta (`coding` then names the dictionary too), or best-ratio bytes read from
+        the precompression folder (`source` reads them, `encode` passes them through)."""
         key = (path, etag, coding)
         found = self._items.get(key)
         if found is not None:
@@ -141,20 +154,23 @@ class CompressionCache:
             pending.done.wait()
             return pending.result
         try:
-            pending.result = self._make(key, coding, source)
+            pending.result = self._make(key, coding, source, encode)
         finally:
             with self._lock:
                 del self._pending[key]
             pending.done.set()
         return pending.result
 
-    def _make(self, key: tuple[str, str, str], coding: str,
-              source: Callable[[], bytes | None]) -> bytes | None:
+    def _make(self, key: tuple[str, str, str], coding: str, source: Callable[[], bytes | None],
+              encode: Callable[[bytes], bytes | None] | None) -> bytes | None:
         data = source()
         if data is None:
             return None
         with self._turns:
-            out = compress(data, coding)
+            made = compress(data, coding) if encode is None else encode(data)
+        if made is None:
+            return None
+        out = made
         with self._lock:
             self.compressions += 1
             if key not in self._items:

@@ -17,6 +17,7 @@ watcher's reports (`changed`, `clear`); see `FileCache` for how that stays consi
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import stat
 import threading
@@ -27,7 +28,10 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
 
+from . import zstdcodec
 from .blocking import WouldBlock
+
+log = logging.getLogger("h2serve")
 
 SMALL_FILE = 64 * 1024          # files up to this size are kept in memory
 CACHE_BYTES = 64 * 1024 * 1024  # total bytes of small files kept
@@ -261,7 +265,7 @@ class FileCache:
         siblings = {}
         for coding, suffix in SIBLINGS.items():
             sibling = self.get(entry.path + suffix, root)
-            if sibling is not None:
+            if sibling is not None and (coding != "zstd" or _zstd_window_ok(sibling)):
                 siblings[coding] = sibling
         return siblings
 
@@ -297,6 +301,24 @@ class FileCache:
             paths.discard(path)
             if not paths:
                 del self._by_real[old.real]
+
+
+# `.zst` siblings whose window breaks RFC 9659's limit, by (path, size, mtime): warned about once.
+_WIDE_ZSTD: set[tuple[str, int, int]] = set()
+
+
+def _zstd_window_ok(sibling: FileEntry) -> bool:
+    """Whether a `.zst` sibling's frame keeps to the 8 MiB window browsers accept (RFC 9659); if
+    not, one warning per version of it, and it is not served."""
+    ok, window = zstdcodec.frame_ok(sibling.path)
+    key = (sibling.path, sibling.size, sibling.mtime_ns)
+    if not ok and key not in _WIDE_ZSTD:
+        _WIDE_ZSTD.add(key)
+        what = f"asks for a {window}-byte window" if window is not None else "is not a zstd frame"
+        log.warning("%s %s, over the %d bytes browsers accept (RFC 9659): not served; "
+                    "recompress it with a window of 8 MiB at most (zstd --long=23 or less)",
+                    sibling.path, what, zstdcodec.WINDOW_LIMIT)
+    return ok
 
 
 def within(real: str, root: Path) -> bool:

@@ -25,6 +25,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..config import Config, ConfigError, default_of
@@ -32,13 +33,20 @@ from . import coding
 from .blocking import WouldBlock
 from .body import BytesBody, FileBody, Headers, Response, http_date
 from .conditional import UNSATISFIABLE, Validators, byte_range, evaluate
+from .dictionary import Dictionaries, Pattern
 from .filecache import FileCache, FileEntry, open_entry, within
 from .paths import BadTarget, content_type, split_target
+from .precompress import ETAG_SUFFIX, Precompressor
+
+if TYPE_CHECKING:
+    from .rulespec import DictionaryRule
 
 ALLOW = b"GET, HEAD"
 # Request headers the handler reads; everything else is passed over.
 CONSULTED = frozenset({b"accept-encoding", b"range", b"if-range", b"if-match", b"if-none-match",
-                       b"if-modified-since", b"if-unmodified-since"})
+                       b"if-modified-since", b"if-unmodified-since", b"available-dictionary",
+                       b"sec-fetch-dest"})
+MIB = 1024 * 1024
 # A content hash in the file name (app.3f9a1c2e.js, main-8c1d2e3f4a.css): the name changes with
 # the content, so caches may keep it for good.
 FINGERPRINT = re.compile(r"[.-](?=[0-9A-Za-z_]*[0-9])[0-9A-Za-z_]{8,}\.[0-9A-Za-z]+$")
@@ -73,6 +81,9 @@ class Policy:
     list_dirs: bool = default_of("list_dirs")
     dotfiles: bool = default_of("serve_dotfiles")
     security_headers: bool = default_of("security_headers")
+    precompress_dir: str | None = default_of("precompress_dir")
+    precompress_size: int = default_of("precompress_size")  # MiB
+    dictionaries: tuple[DictionaryRule, ...] = ()
     max_target: int = 8192  # longest request target answered; longer ones get 414 (not an option)
 
     @classmethod
@@ -81,7 +92,9 @@ class Policy:
         --security-headers."""
         return cls(html_cache=config.html_cache_control, static_cache=config.static_cache_control,
                    immutable_cache=config.immutable_cache_control, list_dirs=config.list_dirs,
-                   dotfiles=config.serve_dotfiles, security_headers=config.security_headers)
+                   dotfiles=config.serve_dotfiles, security_headers=config.security_headers,
+                   precompress_dir=config.precompress_dir, precompress_size=config.precompress_size,
+                   dictionaries=config.dictionary)
 
 
 @dataclass(slots=True)
@@ -112,6 +125,23 @@ class Site:
         self.always = SECURITY_HEADERS if self.policy.security_headers else []
         self.cache = FileCache()
         self.compressed = coding.CompressionCache()
+        # --precompress-dir: half its room for best-ratio encodings, a quarter each for the
+        # dictionaries kept and the dcz deltas (site/precompress.py, site/dictionary.py).
+        folder = Path(self.policy.precompress_dir) if self.policy.precompress_dir else None
+        room = self.policy.precompress_size * MIB
+        try:
+            self.precompressed = Precompressor(folder, room // 2) if folder is not None else None
+            self.dictionaries = Dictionaries(self.policy.dictionaries,
+                                             [(m.prefix, m.root) for m in self.mounts], folder, room // 4)
+        except OSError as e:
+            raise ConfigError(f"--precompress-dir {folder}: {e.strerror} ({e.filename})") from None
+
+    def close(self) -> None:
+        """Stop the background threads (precompression, keeping dictionaries); work not started
+        is dropped, and asked for again by the next request after a restart."""
+        if self.precompressed is not None:
+            self.precompressed.shutdown()
+        self.dictionaries.shutdown()
 
     @classmethod
     def from_folders(cls, *, root: str | None, templates: str, static: str,
@@ -149,6 +179,7 @@ class Site:
         if not self.policy.dotfiles and _hidden(segments):
             return self.error(404, method, block=block)
         consulted = _consulted(headers)
+        path = _path_of(target) if self.dictionaries.patterns else ""  # [[dictionary]] matches it
         for _ in range(2):  # a file replaced since its lookup was cached is looked up again, once
             found = self.resolve(segments, target, block=block)
             if isinstance(found, Redirect):
@@ -159,17 +190,18 @@ class Site:
                 return self.listing(found, target, method)
             if found is None:
                 break
-            response = self.file_response(found, method, consulted, block=block)
+            response = self.file_response(found, method, consulted, block=block, path=path)
             if response is not None:
                 return response
         return self.error(404, method, block=block)
 
     def file_response(self, entry: FileEntry, method: str, request: dict[bytes, bytes], *,
-                      block: bool = True) -> Response | None:
+                      block: bool = True, path: str = "") -> Response | None:
         """The answer for a looked-up file; None if it is no longer the file `entry` describes.
-        `block=False`: see `respond`."""
+        `path` is the request's (for `[[dictionary]]` patterns). `block=False`: see `respond`."""
         ctype, cache_control = self._kind(entry)
-        chosen, data, etag = self._representation(entry, ctype, request, block)
+        pattern = self.dictionaries.pattern_for(path) if self.dictionaries.patterns and path else None
+        chosen, data, etag = self._representation(entry, ctype, request, block, pattern)
         source = entry.siblings.get(chosen, entry) if chosen is not None else entry
         if data is None:
             data = source.data
@@ -179,7 +211,10 @@ class Site:
             headers.append((b"content-encoding", coding.TOKENS[chosen]))
         headers += [(b"etag", etag.encode()), (b"last-modified", entry.last_modified),
                     (b"cache-control", cache_control)]
-        if coding.compressible(ctype) or entry.siblings:
+        if pattern is not None:
+            headers += [(b"use-as-dictionary", pattern.header),
+                        (b"vary", b"accept-encoding, available-dictionary")]
+        elif coding.compressible(ctype) or entry.siblings:
             headers.append((b"vary", b"accept-encoding"))
         validators = Validators(etag, entry.mtime)
         precondition = evaluate(method, request, validators)
@@ -200,6 +235,8 @@ class Site:
             headers.append((b"content-range", f"bytes {span[0]}-{span[1]}/{length}".encode()))
         headers += [(b"content-length", str(size).encode()), (b"date", http_date()),
                     (b"server", self.server), *self.always]
+        if pattern is not None and status == 200:
+            self.dictionaries.served(pattern, entry, lambda: self.cache.read_whole(entry, coding.MAX_SIZE))
         if method == "HEAD":
             return Response(status, headers, None, entry)
         if data is not None:
@@ -212,30 +249,65 @@ class Site:
         return Response(status, headers, FileBody(fd, start, size), entry)
 
     def _representation(self, entry: FileEntry, ctype: bytes, request: dict[bytes, bytes],
-                        block: bool = True) -> tuple[str | None, bytes | None, str]:
+                        block: bool = True, pattern: Pattern | None = None
+                        ) -> tuple[str | None, bytes | None, str]:
         """(coding or None, bytes in memory or None, ETag) of what this client gets.
 
         Precompressed siblings serve any request; compressing here is offered only for
         compressible types of a moderate size, and not to range requests (their ranges would
-        refer to bytes that exist nowhere on disk)."""
+        refer to bytes that exist nowhere on disk). So is a dcz delta, for a file matching a
+        `[[dictionary]]` pattern when the client holds a dictionary the server holds too; and
+        with --precompress-dir the best-ratio bytes once made, the fast ones until then."""
         available = list(entry.siblings)
         on_the_fly = (coding.compressible(ctype) and b"range" not in request
                       and coding.MIN_SIZE <= entry.size <= coding.MAX_SIZE)
         if on_the_fly:
             available += [c for c in coding.ON_THE_FLY if c not in available]
+        digest = None
+        if on_the_fly and pattern is not None:
+            digest = self.dictionaries.offer(pattern, request, block=block)
+            if digest is not None:
+                available.append("dcz")
         chosen = coding.choose(request.get(b"accept-encoding"), tuple(available)) if available else None
+
+        def read() -> bytes | None:  # files over SMALL_FILE are not in memory: read when needed
+            return self.cache.read_whole(entry, coding.MAX_SIZE)
+
+        cold = "cpu" if entry.data is not None else "io"
+        if chosen == "dcz" and digest is not None:
+            try:
+                data = self.compressed.get(entry.path, entry.etag, "dcz-" + digest.hex(), read,
+                                           block=block,
+                                           encode=self.dictionaries.delta(entry.path, entry.etag, digest))
+            except WouldBlock:
+                raise WouldBlock(cold) from None
+            if data is not None:
+                return chosen, data, self.dictionaries.etag(entry.etag, digest)
+            available.remove("dcz")  # the dictionary is gone after all: the ordinary coding
+            chosen = coding.choose(request.get(b"accept-encoding"), tuple(available))
         if chosen is None:
             return None, entry.data, entry.etag
         if chosen in entry.siblings:
             sibling = entry.siblings[chosen]
             return chosen, sibling.data, f'"{sibling.size:x}-{sibling.mtime_ns:x}-{chosen}"'
-        # Files over SMALL_FILE are not in memory: read them only when not compressed yet.
+        best = self.precompressed
+        if best is not None and chosen in best.codings:
+            name = best.ready(entry.path, entry.etag, chosen)
+            if name is None:
+                best.start(entry.path, entry.etag, read)
+            else:
+                try:
+                    data = self.compressed.get(entry.path, entry.etag, chosen + "-best",
+                                               lambda: best.disk.read(name), block=block,
+                                               encode=lambda made: made)
+                except WouldBlock:
+                    raise WouldBlock("io") from None
+                if data is not None:
+                    return chosen, data, f'{entry.etag[:-1]}-{ETAG_SUFFIX[chosen]}"'
         try:
-            data = self.compressed.get(entry.path, entry.etag, chosen,
-                                       lambda: self.cache.read_whole(entry, coding.MAX_SIZE),
-                                       block=block)
+            data = self.compressed.get(entry.path, entry.etag, chosen, read, block=block)
         except WouldBlock:
-            raise WouldBlock("cpu" if entry.data is not None else "io") from None
+            raise WouldBlock(cold) from None
         if data is None:
             return None, entry.data, entry.etag
         return chosen, data, f'{entry.etag[:-1]}-{chosen}"'
@@ -346,6 +418,15 @@ class Site:
                 return Redirect(_with_slash(target))
             return entry
         return None
+
+
+def _path_of(target: bytes) -> str:
+    """The path of a request target, as sent (percent-encoded), without its query; an
+    absolute-form target's path."""
+    path = target.split(b"?", 1)[0].decode("latin-1")
+    if path.startswith(("http://", "https://")):
+        path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
+    return path
 
 
 def _consulted(headers: Headers | None) -> dict[bytes, bytes]:

@@ -49,6 +49,18 @@ class RedirectRule:
 
 
 @dataclass(frozen=True, slots=True)
+class DictionaryRule:
+    """`[[dictionary]]` (RFC 9842): answers for paths matching `match` carry `Use-As-Dictionary`,
+    and later versions of them may be sent as deltas against earlier ones (site/dictionary.py).
+    `match_dest`: the Sec-Fetch-Dest values it is for (none: any); `id`: the Dictionary-ID the
+    client echoes (optional)."""
+
+    match: str
+    match_dest: tuple[str, ...] = ()
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HeaderRule:
     """`[[headers]]`: header names (lower case) and values set on answers for `path` (a glob);
     an empty value removes the header."""
@@ -114,6 +126,8 @@ def _as_table(spec: Any) -> dict[str, Any]:
                 "push-manifest": spec.push_manifest, "fallback": spec.fallback}
     if isinstance(spec, AuthRule):
         return {"path": spec.path, "htpasswd": spec.htpasswd, "realm": spec.realm, "host": spec.host}
+    if isinstance(spec, DictionaryRule):
+        return {"match": spec.match, "match-dest": list(spec.match_dest), "id": spec.id}
     raise RuleError(f"not a rule: {spec!r}")
 
 
@@ -256,6 +270,41 @@ def read_htpasswd(where: str, path: str) -> tuple[tuple[str, bytes], ...]:
     return tuple(users.items())
 
 
+# The URL patterns `[[dictionary]] match` may use: a path, `*` matching any run of characters (as
+# in URLPattern, slashes included). URLPattern's other syntax (`:name`, groups, `?`, `+`, escapes)
+# and absolute URLs are refused rather than half understood.
+DICTIONARY_MATCH = re.compile(r"/[A-Za-z0-9._~!$&'*,;=@%/-]*\Z")
+# Fetch destinations (the Sec-Fetch-Dest values) a `match-dest` may name.
+DESTINATIONS = frozenset({
+    "audio", "audioworklet", "document", "embed", "font", "frame", "iframe", "image", "json",
+    "manifest", "object", "paintworklet", "report", "script", "serviceworker", "sharedworker",
+    "style", "track", "video", "webidentity", "worker", "xslt"})
+DICTIONARY_ID = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]{1,1024}\Z")  # sf-string, no " or \
+
+
+def _dictionary(where: str, table: dict[str, Any]) -> DictionaryRule:
+    match = _take(where, table, "match", str)
+    dest = _take(where, table, "match-dest", list, required=False) or []
+    ident = _take(where, table, "id", str, required=False)
+    _done(where, table)
+    if not DICTIONARY_MATCH.match(match) or "**" in match:
+        raise RuleError(f"{where} match: {match!r} must be a path pattern starting with /, with * "
+                        f"as the only wildcard (e.g. \"/static/app.*.js\"); URLPattern's :name, "
+                        f"groups, ? and + are not supported")
+    for value in dest:
+        if value not in DESTINATIONS:
+            raise RuleError(f"{where} match-dest: {value!r} is not a fetch destination "
+                            f"(script, style, document, ...)")
+    if ident is not None and not DICTIONARY_ID.match(ident):
+        raise RuleError(f"{where} id: {ident!r} must be 1 to 1024 printable ASCII characters "
+                        f"without \" or \\")
+    try:
+        import zstandard  # noqa: F401  (the extra that makes dcz deltas)
+    except ImportError:
+        raise RuleError(f"{where}: zstandard is not installed (pip install 'h2serve[zstd]')") from None
+    return DictionaryRule(match, tuple(dest), ident)
+
+
 HOST_NAME = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
 
 
@@ -309,10 +358,12 @@ KEYS = {
     "headers": ("path", "set", "host"),
     "auth": ("path", "htpasswd", "realm", "host"),
     "site": ("host", "root", "cert", "key", "push-manifest", "fallback"),
+    "dictionary": ("match", "match-dest", "id"),
 }
 _PARSERS: dict[str, tuple[type, Callable[[str, dict[str, Any]], Any]]] = {
     "redirect": (RedirectRule, _redirect),
     "headers": (HeaderRule, _headers),
     "auth": (AuthRule, _auth),
     "site": (SiteSpec, _site),
+    "dictionary": (DictionaryRule, _dictionary),
 }
