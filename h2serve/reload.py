@@ -32,6 +32,8 @@ from .config import Config, ConfigError
 from .proto.exchange import Services
 from .push.manifest import describe_map, push_map_for
 from .push.plan import Pusher
+from .site.dictionary import Dictionaries
+from .site.precompress import Precompressor
 from .vhosts import other_sites
 
 if TYPE_CHECKING:
@@ -110,6 +112,13 @@ def prepare(server: Server, config: Config) -> tuple[Services, ssl.SSLContext | 
     old = server.services
     site = server._site(config)
     site.cache, site.compressed = old.site.cache, old.site.compressed
+    # The background threads (precompression, dictionaries) go on where the settings are the same;
+    # `apply` stops the old ones that are not (their work is asked for again by later requests).
+    was, now = old.site.policy, site.policy
+    if (was.precompress_dir, was.precompress_size) == (now.precompress_dir, now.precompress_size):
+        site.precompressed = old.site.precompressed
+        if was.dictionaries == now.dictionaries and site.mounts == old.site.mounts:
+            site.dictionaries = old.site.dictionaries
     ctx = server._ssl_context(config)
     pusher = Pusher.from_config(config, site, push_map_for(config, site))
     services = Services(config, site, pusher, old.access_log, old.work, other_sites(config, site),
@@ -128,7 +137,19 @@ def apply(server: Server, config: Config, services: Services, ctx: ssl.SSLContex
                             (services.pusher, *(p for _, _, p in services.others)), strict=True):
             was.map = now.map
     server.config, server.services = config, services
+    if old is not None:
+        kept = {id(x) for x in _background(services)}
+        for x in _background(old):
+            if id(x) not in kept:
+                x.shutdown()
     for acceptor in server._acceptors:
         if acceptor.ssl_ctx is not None and ctx is not None:
             acceptor.ssl_ctx = ctx
         acceptor.handshake_timeout = config.handshake_timeout
+
+
+def _background(services: Services) -> list[Precompressor | Dictionaries]:
+    """The background workers of every site `services` serves."""
+    sites = (services.site, *(site for _, site, _ in services.others))
+    found: list[Precompressor | Dictionaries] = [s.dictionaries for s in sites]
+    return found + [s.precompressed for s in sites if s.precompressed is not None]

@@ -5,6 +5,7 @@ worker reloads.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 import socket
@@ -167,3 +168,22 @@ def test_reload_covers_each_sites_own_certificate(make_server, tmp_path: Path,
     assert status == 200 and "site b" in body
     status, _, body = curl_sni(server.port, "a.test", cas["a"][0], "h2")  # a.test keeps its own
     assert status == 200 and "site a" in body
+
+
+def test_reload_keeps_the_background_threads_or_stops_the_old_ones(make_server, tmp_path: Path) -> None:
+    """--precompress-dir: the same settings keep the precompression and dictionary workers (one
+    thread each, not one more per reload); changed ones replace them, and the old ones stop."""
+    running = make_server(precompress_dir=str(tmp_path / "pre"))
+    server = running.server
+    first = server.services.site
+    assert running.call(reload(server, None))
+    assert server.services.site is not first
+    assert server.services.site.precompressed is first.precompressed
+    assert server.services.site.dictionaries is first.dictionaries
+    changed = dataclasses.replace(server.config, precompress_dir=str(tmp_path / "other"))
+    assert running.call(reload(server, lambda: changed))
+    now = server.services.site
+    assert now.precompressed is not first.precompressed and now.precompressed is not None
+    assert first.precompressed is not None
+    first.precompressed.background.run("key", lambda: None)  # an old connection asking: dropped
+    assert first.precompressed.background._executor is None
