@@ -9,6 +9,10 @@ each. For each scenario it prints the median rate and the median CPU time the se
 request (per MB for the large file), read from /proc, with the after/before ratios. The CPU time is
 the steadier figure on a machine shared with others: h2load's rate moves with whatever else runs.
 
+`--before-args`/`--after-args` add options to one server's command line: the same checkout twice
+with an option off and on (`--before . --after-args "--metrics-bind 127.0.0.1:0"`) measures what
+turning it on costs.
+
 Scenarios: a 1 KiB file over h2 (32 connections x 10 streams) and over HTTP/1.1 (32 connections),
 and a 64 MiB file over h2 (one connection, one stream at a time).
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -39,12 +44,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start(checkout: Path, site: Path, certs: Path, empty_map: Path) -> tuple[subprocess.Popen[str], int]:
-    """`python -m h2serve` from `checkout` (its own package first on the path); (process, port)."""
+def start(checkout: Path, site: Path, certs: Path, empty_map: Path,
+          extra: list[str] | None = None) -> tuple[subprocess.Popen[str], int]:
+    """`python -m h2serve` from `checkout` (its own package first on the path), with `extra`
+    options; (process, port)."""
     env = dict(os.environ, PYTHONPATH=str(checkout))
     cmd = peers.pinned([sys.executable, "-m", "h2serve", "--root", str(site), "--bind", "127.0.0.1:0",
                         "--cert", str(certs / "cert.pem"), "--key", str(certs / "key.pem"),
-                        "--access-log", "off", "--push-manifest", str(empty_map)], 0)
+                        "--access-log", "off", "--push-manifest", str(empty_map), *(extra or [])], 0)
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=checkout)
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -54,7 +61,8 @@ def start(checkout: Path, site: Path, certs: Path, empty_map: Path) -> tuple[sub
     raise SystemExit(f"h2serve from {checkout} did not start")
 
 
-def run(before: Path, after: Path, rounds: int) -> list[str]:
+def run(before: Path, after: Path, rounds: int,
+        extra: dict[str, list[str]] | None = None) -> list[str]:
     """The table rows: scenario, rates, ratio, CPU per unit of work."""
     from h2serve.net.certs import ensure_dev_certs  # the after checkout's: both read the same files
 
@@ -63,7 +71,7 @@ def run(before: Path, after: Path, rounds: int) -> list[str]:
         certs, _ = ensure_dev_certs(Path(tmp) / "certs")
         empty = Path(tmp) / "empty.json"
         empty.write_text("{}")
-        servers = {name: start(path, site, certs.cert.parent, empty)
+        servers = {name: start(path, site, certs.cert.parent, empty, (extra or {}).get(name))
                    for name, path in (("before", before), ("after", after))}
         results: dict[tuple[str, str], list[tuple[float, float]]] = {}
         try:
@@ -112,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--after", type=Path, default=Path.cwd(),
                         help="a checkout of the later one (default: .)")
     parser.add_argument("--rounds", type=int, default=7, help="runs per server and scenario; medians count")
+    parser.add_argument("--before-args", default="", help="options added to the before server's command")
+    parser.add_argument("--after-args", default="", help="options added to the after server's command")
     args = parser.parse_args(argv)
-    for row in run(args.before.resolve(), args.after.resolve(), args.rounds):
+    extra = {"before": shlex.split(args.before_args), "after": shlex.split(args.after_args)}
+    for row in run(args.before.resolve(), args.after.resolve(), args.rounds, extra):
         print(row)
     return 0
 

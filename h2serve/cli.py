@@ -171,13 +171,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"h2serve: error: {e}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
+
+    def reread() -> Config:  # SIGHUP: the TOML file again, the command line on top (reload.py)
+        return parse_config(argv)
+
     if config.worker_count() > 1:
         from .workers import supervise
 
-        return supervise(config)
+        return supervise(config, reread)
     from .server import run
 
-    return run(config)
+    return run(config, reread=reread)
 
 
 def setup_logging(level: str, *, worker: bool = False) -> None:

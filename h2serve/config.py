@@ -54,6 +54,7 @@ GROUPS = {
     "processes": "worker processes, the event loop, and shutdown",
     "logging": "the server log and the access log",
     "upstream": "reverse proxy: an application behind the site's files (--upstream)",
+    "operations": "metrics and health checks for monitoring (see README, Running in production)",
 }
 
 
@@ -79,7 +80,9 @@ ALPN_PROTOCOLS = ("h2", "http/1.1")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 EARLY_HINTS = ("off", "h2", "all")
 EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+ACCESS_LOG_FORMATS = ("combined", "json")
 ON_OFF = ("on", "off")
+FD_PREFIX = "fd://"  # --bind fd://N: a listening socket inherited (systemd socket activation)
 MAX_WORKERS = 1024  # a typo must not fork thousands of processes
 
 
@@ -88,7 +91,8 @@ class Config:
     """Settings of one server; see `--help` for what each does."""
 
     bind: tuple[str, ...] = option(
-        ("localhost:8443",), "address to serve TLS on (repeatable)", metavar="HOST:PORT", group="TLS")
+        ("localhost:8443",), "address to serve TLS on (repeatable); fd://N serves a listening socket passed "
+        "by systemd socket activation", metavar="HOST:PORT", group="TLS")
     h2c_bind: tuple[str, ...] = option(
         (), "address to serve cleartext HTTP/2 (prior knowledge) and HTTP/1.1 on, for use "
         "behind a proxy (repeatable)", metavar="HOST:PORT", group="HTTP/2")
@@ -109,7 +113,7 @@ class Config:
     log_level: str = option(
         "info", "server log level: " + ", ".join(LOG_LEVELS), metavar="LEVEL", group="logging")
     access_log: str = option(
-        "-", "access log in combined format: a file, '-' for standard output, 'off' for none",
+        "-", "access log (see --access-log-format): a file, '-' for standard output, 'off' for none",
         metavar="PATH", group="logging")
     graceful_timeout: float = option(
         10.0, "seconds in-flight responses get to finish on SIGINT/SIGTERM", metavar="SECONDS",
@@ -234,6 +238,13 @@ class Config:
     max_body_size: int = option(
         64 * 1024 * 1024, "largest request body forwarded to --upstream; larger ones get 413",
         metavar="BYTES", group="limits")
+    access_log_format: str = option(
+        "combined", "access log lines: combined (Apache/nginx), or json (one object per line)",
+        metavar="combined|json", group="logging")
+    metrics_bind: str | None = option(
+        None, "plain-HTTP address for GET /metrics (Prometheus text format) and GET /healthz "
+        "(200 while serving, 503 once stopping); keep it private (off by default)",
+        metavar="HOST:PORT", group="operations")
 
     def __post_init__(self) -> None:
         """Normalise (lists to tuples, "4" workers to 4), then check; after this nothing changes."""
@@ -273,7 +284,15 @@ class Config:
         if not self.bind and not self.h2c_bind:
             raise ConfigError("nothing to serve on: give --bind or --h2c-bind")
         for addr in [*self.bind, *self.h2c_bind]:
-            parse_address(addr)
+            if not addr.startswith(FD_PREFIX):  # fd://N (socket activation): net/activation.py
+                parse_address(addr)
+            elif not addr[len(FD_PREFIX):].isdigit():
+                raise ConfigError(f"bad address {addr!r}: fd:// takes a file descriptor number, "
+                                  "e.g. fd://3 (the first socket systemd passes)")
+        if self.access_log_format not in ACCESS_LOG_FORMATS:
+            raise ConfigError(f"--access-log-format: {self.access_log_format!r} is not combined or json")
+        if self.metrics_bind is not None:
+            parse_address(self.metrics_bind)
         if not 1 <= self.max_concurrent_streams <= 2**31 - 1:
             raise ConfigError("--max-concurrent-streams must be between 1 and 2147483647")
         if not 1 <= self.initial_window_size <= 2**31 - 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -28,8 +29,11 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .accesslog import AccessLog
 from .config import Config, ConfigError, parse_address
+from .metrics import make_meter
+from .net.activation import forget_passed_fds, inherited, is_inherited
 from .net.adapter import Adapter, Registry
 from .net.listener import Acceptor, bind
+from .net.opslistener import OpsListener, bind_ops
 from .net.tls import event_loop_factory, make_ssl_context
 from .proto.exchange import Services
 from .push.manifest import (
@@ -40,6 +44,7 @@ from .push.manifest import (
     push_map_sources,
 )
 from .push.plan import Pusher
+from .reload import reload
 from .site.handler import Policy, Site
 from .site.watch import Watcher
 from .site.workpool import WorkPool
@@ -73,9 +78,10 @@ class Listener:
 class Server:
     """One h2serve instance; see the module docstring."""
 
-    def __init__(self, config: Config, sockets: Sockets | None = None) -> None:
+    def __init__(self, config: Config, sockets: Sockets | None = None,
+                 ops_sockets: list[socket.socket] | None = None) -> None:
         """`sockets`: listening sockets bound already (a worker's, from its supervisor); without
-        them `start()` binds its own."""
+        them `start()` binds its own. `ops_sockets`: the same for --metrics-bind."""
         self.config = config
         self.listeners: list[Listener] = []
         self.services: Services | None = None
@@ -83,6 +89,8 @@ class Server:
         self.ca_file: Path | None = None  # the dev CA, when serving a dev certificate
         self.push_map: PushMap | None = None  # what preflight() found, for describe()
         self._sockets = sockets
+        self.ops_sockets = ops_sockets
+        self.ops: OpsListener | None = None  # --metrics-bind
         self._acceptors: list[Acceptor] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._watcher: Watcher | None = None
@@ -108,17 +116,23 @@ class Server:
         ssl_ctx = self._ssl_context()
         access_log = self._access_log()
         pusher = Pusher.from_config(cfg, site, push_map_for(cfg, site))
+        meter = make_meter(cfg.metrics_bind is not None)
         self.services = Services(cfg, site, pusher, access_log, WorkPool(), other_sites(cfg, site),
-                                 upstream=upstream_for(cfg))
+                                 upstream=upstream_for(cfg), metrics=meter)
         self.registry.room_made = self._room_made
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
         try:
             bound = self._sockets if self._sockets is not None else bind_all(cfg)
+            if cfg.metrics_bind is not None and self.ops_sockets is None:
+                self.ops_sockets = bind_ops(cfg)
         except ConfigError:
             await self.stop(0)
             raise
         for (addr, tls), sockets in zip(addresses(cfg), bound, strict=True):
             self._listen(addr, sockets, ssl_ctx if tls else None)
+        if self.ops_sockets:
+            self.ops = OpsListener(self.ops_sockets, meter, lambda: self.registry.closing, self._sample)
+            await self.ops.start()
 
     def preflight(self) -> Sockets:
         """Everything `start()` checks, with no event loop and nothing started: the site, the
@@ -132,32 +146,41 @@ class Server:
         self._access_log().close()
         self.push_map = push_map_for(cfg, site)
         other_sites(cfg, site)  # [[site]]: their folders and push maps
+        if cfg.metrics_bind is not None and importlib.util.find_spec("prometheus_client") is None:
+            make_meter(True)  # the error saying what to install (nothing imported: it is not there)
         bound = bind_all(cfg)
+        if cfg.metrics_bind is not None:
+            try:
+                self.ops_sockets = bind_ops(cfg)
+            except ConfigError:
+                for sock in (s for sockets in bound for s in sockets):
+                    sock.close()
+                raise
         for (addr, tls), sockets in zip(addresses(cfg), bound, strict=True):
             self.listeners += _listeners(addr, sockets, tls)
         return bound
 
-    def _site(self) -> Site:
-        cfg = self.config
+    def _site(self, config: Config | None = None) -> Site:
+        cfg = config or self.config
         return Site.from_folders(root=cfg.root, templates=cfg.templates, static=cfg.static,
                                  server_name=cfg.server_name, policy=Policy.from_config(cfg))
 
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        cfg = self.config
+    def _ssl_context(self, config: Config | None = None) -> ssl.SSLContext | None:
+        cfg = config or self.config
         if not cfg.bind:
             return None
-        ctx = make_ssl_context(*self._certificate(), cfg.alpn)
+        ctx = make_ssl_context(*self._certificate(cfg), cfg.alpn)
         add_sni(ctx, cfg)  # [[site]]: each site's own certificate, by the name the client asks for
         return ctx
 
     def _access_log(self) -> AccessLog:
         try:
-            return AccessLog.open(self.config.access_log)
+            return AccessLog.open(self.config.access_log, self.config.access_log_format)
         except OSError as e:
             raise ConfigError(f"--access-log {self.config.access_log}: {e.strerror}") from None
 
-    def _certificate(self) -> tuple[str, str]:
-        cfg = self.config
+    def _certificate(self, config: Config | None = None) -> tuple[str, str]:
+        cfg = config or self.config
         if cfg.cert is not None and cfg.key is not None:
             return cfg.cert, cfg.key
         # Imported here: `cryptography` adds some 14 MiB to every process that loads it, and a
@@ -176,10 +199,13 @@ class Server:
 
     def _listen(self, addr: str, sockets: list[socket.socket], ssl_ctx: ssl.SSLContext | None) -> None:
         assert self.services is not None
-        services, registry, tls = self.services, self.registry, ssl_ctx is not None
+        registry, tls, meter = self.registry, ssl_ctx is not None, self.services.metrics
         for sock in sockets:
-            acceptor = Acceptor(sock, lambda: Adapter(services, registry, tls=tls), ssl_ctx,
-                                self.config.handshake_timeout, self._room)
+            # self.services, not a copy: a reload (SIGHUP) gives new connections new services.
+            acceptor = Acceptor(sock, lambda: Adapter(self.services, registry, tls=tls),  # type: ignore[arg-type]
+                                ssl_ctx, self.config.handshake_timeout, self._room)
+            if meter.enabled:
+                acceptor.handshake_failed = meter.tls_failure
             acceptor.start()
             self._acceptors.append(acceptor)
         self.listeners += _listeners(addr, sockets, tls)
@@ -199,11 +225,19 @@ class Server:
         now = time.monotonic()
         for conn in list(self.registry.connections):
             conn.check(now)
+        self._sample()
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
 
+    def _sample(self) -> None:
+        """Carry the caches' counts into the metrics (once a second, and before a scrape)."""
+        services = self.services
+        if services is not None and services.metrics.enabled:
+            services.metrics.sample(services.site.cache, services.site.compressed)
+
     def reload_push_map(self) -> bool:
-        """Read the push map again (SIGHUP, --reload); a broken one is reported and the old kept.
-        It reads files: --reload calls it in a worker thread (the new map is one assignment)."""
+        """Read the push map again (--reload; SIGHUP reloads everything, reload.py); a broken one
+        is reported and the old kept. It reads files: --reload calls it in a worker thread (the new
+        map is one assignment)."""
         assert self.services is not None
         try:
             new = push_map_for(self.config, self.services.site)
@@ -324,6 +358,8 @@ class Server:
                 self.services.work.shutdown()
             for site in (self.services.site, *(other[1] for other in self.services.others)):
                 site.close()  # precompression and dictionary threads (issue 18)
+        if self.ops is not None:  # last: /healthz says 503 while the connections drain
+            self.ops.close()
         self._acceptors.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -345,6 +381,9 @@ class Server:
         line = f"h2serve {__version__} serving {what} on {where}; {pushes}"
         if cfg.upstream is not None:
             line += f"; other requests to {cfg.upstream}"
+        for sock in self.ops_sockets or ():  # --metrics-bind
+            host, port = sock.getsockname()[:2]
+            line += f"; metrics on http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
         loop = loop or _running_loop_name()
         if loop:
             line += f"; {loop} event loop"
@@ -374,6 +413,9 @@ def bind_all(config: Config) -> Sockets:
     bound: Sockets = []
     try:
         for addr, _ in addresses(config):
+            if is_inherited(addr):
+                bound.append(inherited(addr))
+                continue
             host, port = parse_address(addr)
             try:
                 bound.append(bind(host, port))
@@ -383,12 +425,14 @@ def bind_all(config: Config) -> Sockets:
         for sock in (s for sockets in bound for s in sockets):
             sock.close()
         raise
+    forget_passed_fds()
     return bound
 
 
 def _listeners(addr: str, sockets: list[socket.socket], tls: bool) -> list[Listener]:
-    host, _ = parse_address(addr)
-    return [Listener("https" if tls else "http", host, s.getsockname()[1]) for s in sockets]
+    return [Listener("https" if tls else "http",
+                     str(s.getsockname()[0]) if is_inherited(addr) else parse_address(addr)[0],
+                     s.getsockname()[1]) for s in sockets]
 
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
@@ -433,12 +477,16 @@ async def _wait_any(event: asyncio.Event, other: asyncio.Event | None, timeout: 
 
 
 async def serve(config: Config, sockets: Sockets | None = None,
-                ready: Callable[[], None] | None = None) -> None:
+                ready: Callable[[], None] | None = None, *,
+                ops_sockets: list[socket.socket] | None = None,
+                reread: Callable[[], Config] | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully; a second signal cuts it short.
+    SIGHUP reloads (reload.py): `reread()` reads the configuration again (the command line's).
 
-    A worker gets its supervisor's `sockets` and says it serves by calling `ready()` instead of
-    printing the startup line (the supervisor prints it, once); it logs stopping at debug level."""
-    server = Server(config, sockets)
+    A worker gets its supervisor's `sockets` (and `ops_sockets`, for --metrics-bind) and says it
+    serves by calling `ready()` instead of printing the startup line (the supervisor prints it,
+    once); it logs stopping at debug level."""
+    server = Server(config, sockets, ops_sockets)
     await server.start()
     loop = asyncio.get_running_loop()
     stop, force = asyncio.Event(), asyncio.Event()
@@ -457,13 +505,14 @@ async def serve(config: Config, sockets: Sockets | None = None,
     # Handlers first, then the startup line: whoever waits for that line may signal at once.
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-    # SIGHUP reads the push map (and, with --auto-push, the pages) in a worker thread, off the loop.
+    # SIGHUP reads the configuration, certificates and push maps in a worker thread, off the loop.
     reloads: set[asyncio.Future[bool]] = set()
 
     def on_hup() -> None:
-        reload = asyncio.ensure_future(asyncio.to_thread(server.reload_push_map))
-        reloads.add(reload)
-        reload.add_done_callback(reloads.discard)
+        future = asyncio.ensure_future(
+            reload(server, reread, level=logging.WARNING if ready is None else logging.DEBUG))
+        reloads.add(future)
+        future.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     watcher = asyncio.ensure_future(server.watch_push_map()) if config.reload else None
@@ -485,13 +534,15 @@ async def serve(config: Config, sockets: Sockets | None = None,
     log.log(level, "stopped")
 
 
-def run(config: Config, sockets: Sockets | None = None, ready: Callable[[], None] | None = None) -> int:
+def run(config: Config, sockets: Sockets | None = None, ready: Callable[[], None] | None = None, *,
+        ops_sockets: list[socket.socket] | None = None, reread: Callable[[], Config] | None = None
+        ) -> int:
     """Run `serve` on a fresh event loop of the kind `--loop` asks for; the exit status of the
     command line (2: a setting that cannot work, said in one line)."""
     try:
         _, factory = event_loop(config.loop)
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(serve(config, sockets, ready))
+            runner.run(serve(config, sockets, ready, ops_sockets=ops_sockets, reread=reread))
     except ConfigError as e:
         log.error("%s", e)
         return 2

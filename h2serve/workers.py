@@ -32,8 +32,9 @@ Why it is built this way:
   the terminal (SIGINT to the foreground group) reaches only the supervisor, which forwards it once:
   a worker that got it twice would take the second as "cut downloads short". SIGINT and SIGTERM are
   forwarded as they come (the first stops each worker gracefully: GOAWAY, drain; the second forces),
-  as is SIGHUP (push map reload). The supervisor closes its own copies of the listening sockets at
-  once, so new connections are refused as soon as the workers close theirs, and exits 0 when the
+  as is SIGHUP (reload.py: the supervisor reads the configuration first, then every worker
+  reloads). The supervisor closes its own copies of the listening sockets at once, so new
+  connections are refused as soon as the workers close theirs, and exits 0 when the
   last worker has; one that outlives `--graceful-timeout` by STOP_MARGIN is killed. On Linux a worker
   is sent SIGTERM if its supervisor dies (PR_SET_PDEATHSIG), so none is left behind.
 * **The supervisor's loop** is `select()` on two pipes: the signal wakeup pipe (its handlers do
@@ -65,15 +66,18 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from . import metrics
 from .cli import setup_logging
 from .config import Config, ConfigError
+from .net.activation import is_inherited
 from .net.listener import spread
-from .server import Server, Sockets, event_loop, run
+from .reload import reread_config
+from .server import Server, Sockets, addresses, event_loop, run
 
 log = logging.getLogger("h2serve")
 
@@ -86,33 +90,46 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SIGNALS = (*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD)
 
 
-def supervise(config: Config) -> int:
+def supervise(config: Config, reread: Callable[[], Config] | None = None) -> int:
     """Check the configuration and bind (exit status 2 on a bad setting, with no worker started),
-    then run `config.worker_count()` workers until SIGINT or SIGTERM; the command's exit status."""
+    then run `config.worker_count()` workers until SIGINT or SIGTERM; the command's exit status.
+    `reread()`: the configuration read again, for SIGHUP.
+
+    With --metrics-bind, the workers' metric files go to a directory made here for this run and
+    removed at the end (metrics.py), and the metrics socket is shared by every worker: whichever
+    takes a scrape adds up all of their files."""
     count = config.worker_count()
     server = Server(config)
+    folder = metrics.start_multiprocess() if config.metrics_bind is not None else None
     try:
-        loop, _ = event_loop(config.loop)
-        slots = worker_sockets(server.preflight(), count)
-    except ConfigError as e:
-        log.error("%s", e)
-        return 2
-    startup = server.describe(loop, count)
-    if server.ca_file is not None:
-        startup += f"\nclients can verify the development certificate with {server.ca_file}"
-    return Supervisor(config, slots).run(startup)
+        try:
+            loop, _ = event_loop(config.loop)
+            shared = [is_inherited(addr) for addr, _ in addresses(config)]
+            slots = worker_sockets(server.preflight(), count, shared)
+        except ConfigError as e:
+            log.error("%s", e)
+            return 2
+        startup = server.describe(loop, count)
+        if server.ca_file is not None:
+            startup += f"\nclients can verify the development certificate with {server.ca_file}"
+        return Supervisor(config, slots, server.ops_sockets or [], reread, folder).run(startup)
+    finally:
+        if folder is not None:
+            metrics.end_multiprocess(folder)
 
 
-def worker_sockets(bound: Sockets, count: int) -> list[Sockets]:
+def worker_sockets(bound: Sockets, count: int, shared: list[bool] | None = None) -> list[Sockets]:
     """The listening sockets of each of `count` worker slots: every socket `bound` made into an
-    SO_REUSEPORT group of `count` on its address (`listener.spread`); ConfigError if that fails."""
+    SO_REUSEPORT group of `count` on its address (`listener.spread`); ConfigError if that fails.
+    An address marked `shared` (a socket passed by systemd, `fd://N`) is not spread but shared by
+    every worker: rebinding it would take it from the socket unit, which holds it across restarts."""
     groups: list[list[list[socket.socket]]] = []
     try:
-        for sockets in bound:
+        for number, sockets in enumerate(bound):
             groups.append([])
             for sock in sockets:
                 host, port = sock.getsockname()[:2]
-                groups[-1].append(spread(sock, count))
+                groups[-1].append([sock] * count if shared and shared[number] else spread(sock, count))
     except OSError as e:
         for sock in _flatten(bound, *groups):
             sock.close()
@@ -131,9 +148,13 @@ class Worker:
 class Supervisor:
     """Starts, watches and stops the workers; see the module docstring."""
 
-    def __init__(self, config: Config, slots: list[Sockets]) -> None:
+    def __init__(self, config: Config, slots: list[Sockets], ops_sockets: list[socket.socket] | None = None,
+                 reread: Callable[[], Config] | None = None, metrics_dir: str | None = None) -> None:
         self.config = config
         self.slots = slots
+        self.ops_sockets = ops_sockets or []  # --metrics-bind: shared by every worker
+        self.reread = reread
+        self.metrics_dir = metrics_dir
         self.count = len(slots)
         self.workers: dict[int, Worker] = {}
         self.restarts: deque[float] = deque()  # when recent restarts happened (monotonic)
@@ -193,10 +214,20 @@ class Supervisor:
             if signum == signal.SIGCHLD:
                 self._reap()
             elif signum == signal.SIGHUP:
-                log.info("SIGHUP: the workers read the push map again")
-                self._signal_all(signal.SIGHUP)
+                self._reload()
             elif signum in STOP_SIGNALS:
                 self._stop(signal.Signals(signum))
+
+    def _reload(self) -> None:
+        """SIGHUP: read the configuration here too (a worker started later gets the new one; an
+        option that needs a restart is reported once, here), then have every worker reload."""
+        if self.reread is not None:
+            config = reread_config(self.reread, self.config)
+            if config is None:
+                return  # said why; the workers would fail the same way
+            self.config = config
+        log.info("SIGHUP: the %d workers reload the configuration and certificates", len(self.workers))
+        self._signal_all(signal.SIGHUP)
 
     # -- workers coming and going ---------------------------------------------------------------------
 
@@ -231,7 +262,7 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for fd in (self._wake_r, self._wake_w, self._ready_r):
                 os.close(fd)
-            mine = {id(sock) for sock in _flatten(self.slots[slot])}
+            mine = {id(sock) for sock in _flatten(self.slots[slot], [self.ops_sockets])}
             for sock in _flatten(*self.slots):
                 if id(sock) not in mine:
                     sock.close()  # left open, another slot's socket would outlive its worker here
@@ -239,7 +270,8 @@ class Supervisor:
             setup_logging(self.config.log_level, worker=True)
             if self.config.access_log == "-":
                 sys.stdout = LineWriter(sys.stdout.fileno())
-            code = run(self.config, self.slots[slot], ready=self._say_ready)
+            code = run(self.config, self.slots[slot], ready=self._say_ready,
+                       ops_sockets=self.ops_sockets, reread=self.reread)
         except BaseException:
             traceback.print_exc()
         finally:
@@ -260,6 +292,8 @@ class Supervisor:
             if pid == 0:
                 return
             worker = self.workers.pop(pid, None)
+            if self.metrics_dir is not None:
+                metrics.worker_died(self.metrics_dir, pid)
             if worker is not None:
                 self._ended(worker, os.waitstatus_to_exitcode(status))
 
@@ -326,7 +360,7 @@ class Supervisor:
         if self.stop_signals == 1:
             log.info("%s: stopping %d workers, in-flight responses get %gs", signum.name,
                      len(self.workers), self.config.graceful_timeout)
-            for sock in _flatten(*self.slots):
+            for sock in _flatten(*self.slots, [self.ops_sockets]):
                 sock.close()
             self.kill_at = now + self.config.graceful_timeout + STOP_MARGIN
         else:
@@ -349,7 +383,7 @@ class Supervisor:
     def _abandon(self) -> None:
         """Leaving (normally with no worker left): stop any worker still there, close the pipes."""
         self._signal_all(signal.SIGTERM)
-        for sock in _flatten(*self.slots):
+        for sock in _flatten(*self.slots, [self.ops_sockets]):
             sock.close()
         for fd in (self._wake_r, self._wake_w, self._ready_r, self._ready_w):
             with contextlib.suppress(OSError):

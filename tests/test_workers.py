@@ -199,7 +199,8 @@ def test_sighup_reaches_every_worker(supervised) -> None:
     pids = worker_pids(proc.proc.pid)
     proc.proc.send_signal(signal.SIGHUP)
     for pid in pids:
-        wait_for(lambda pid=pid: any(f"h2serve[{pid}]: push map reloaded" in x for x in proc.stderr_lines))
+        wait_for(lambda pid=pid: any(f"h2serve[{pid}]: SIGHUP: reloaded the configuration" in x
+                                     for x in proc.stderr_lines))
     assert proc.proc.poll() is None and worker_pids(proc.proc.pid) == pids
 
 

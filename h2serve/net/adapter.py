@@ -168,6 +168,7 @@ class Adapter(asyncio.Protocol):
             self._timer.cancel()
         if self.engine is not None:
             self.engine.connection_lost()
+            self.services.metrics.closed(self.h2)
         self.registry.remove(self)
 
     def pause_writing(self) -> None:
@@ -188,6 +189,7 @@ class Adapter(asyncio.Protocol):
     def _start(self, h2: bool, data: bytes = b"") -> None:
         kind = H2Engine if h2 else H1Engine
         self.engine = engine = kind(self.services, self, tls=self.tls, client=self.client)
+        self.services.metrics.opened(h2)
         engine.start()
         if data:
             self.services.site.cache.catch_up()
@@ -229,6 +231,7 @@ class Adapter(asyncio.Protocol):
                     # PINGs, SETTINGS, HEAD requests).
                     if self.paused and transport.get_write_buffer_size() > MAX_OUTPUT_BUFFER:
                         log.info("client %s does not read what it asks for: closing", self.client)
+                        self.services.metrics.abuse("unread_output")
                         self.abort()
                         return
                 if not self._again:
@@ -309,10 +312,12 @@ class Adapter(asyncio.Protocol):
         if engine is None:
             if now - self.started > cfg.handshake_timeout:
                 log.debug("cleartext client sent no preface or request line in time")
+                self.services.metrics.abuse("handshake_timeout")
                 self.abort()
             return
         if self.paused and now - self.paused_at > cfg.send_timeout:
             log.info("client %s has read nothing for %gs: closing", self.client, cfg.send_timeout)
+            self.services.metrics.abuse("send_timeout")
             if isinstance(engine, H2Engine):
                 # Its streams are reset and a GOAWAY goes behind what waits, so that a client that
                 # was only slow learns why; one that reads not even that is cut off after a

@@ -118,6 +118,7 @@ class Acceptor:
         self.sniffing: dict[socket.socket, tuple[asyncio.TimerHandle, float]] = {}  # first byte awaited
         self.accepting = False
         self.closed = False
+        self.handshake_failed: Callable[[], None] | None = None  # the metrics' count, if on
         self._loop = asyncio.get_running_loop()
         self._warned = False
 
@@ -169,6 +170,8 @@ class Acceptor:
         if not task.cancelled() and task.exception() is not None:
             # A client that fails or stalls its TLS handshake: nothing the operator can act on.
             log.debug("TLS handshake failed: %s", task.exception())
+            if self.handshake_failed is not None:
+                self.handshake_failed()
         self._handshake_over()
 
     def _handshake_over(self) -> None:

@@ -15,10 +15,12 @@ The asyncio adapter (net/adapter.py) is one host; the engine tests use another, 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from ..metrics import Meter
 from ..site.blocking import WouldBlock
 from ..site.body import Response
 from ..site.rules import Request, SiteRules, request_host
@@ -99,6 +101,7 @@ class Services:
     work: WorkPool | None = None
     others: tuple[tuple[SiteSpec, Site, Pusher], ...] = ()
     upstream: Upstream | None = None  # --upstream: the application behind the files
+    metrics: Meter = field(default_factory=Meter)  # --metrics-bind: what the engines count
     rules: SiteRules = field(init=False)
     default: Served = field(init=False)
     hosts: dict[str, Served] = field(init=False)
@@ -172,6 +175,8 @@ class Exchange:
     proxy: ProxyCall | None = None
     upstream_status: int = 0        # for the log: the application's status, and how long it took
     upstream_time: float | None = None
+    pushed: bool = False            # a pushed response (for the log)
+    started: float = field(default_factory=time.monotonic)
     _logged: bool = False
     _gated: bool = False            # the rules let this request through to the application
     _request: Request | None = None
@@ -296,12 +301,17 @@ class Exchange:
         return self.target.decode("latin-1")
 
     def finish(self) -> None:
-        """Log the request, once, however its answer ended."""
+        """Log and count the request, once, however its answer ended."""
         if not self._logged:
             self._logged = True
-            log = self.services.access_log
+            services = self.services
+            log, meter = services.access_log, services.metrics
+            seconds = time.monotonic() - self.started
+            if meter.enabled:
+                meter.request(self.protocol == "HTTP/2.0", self.status, self.sent, seconds)
             if log.enabled:
                 upstream = (None if self.proxy is None else
                             (self.upstream_status, self.upstream_time))
                 log.log(self.client, self.method, self.path, self.protocol, self.status, self.sent,
-                        self.referer, self.user_agent, upstream)
+                        self.referer, self.user_agent, upstream, host=self.authority,
+                        seconds=seconds, pushed=self.pushed)

@@ -125,6 +125,7 @@ class H1Engine:
             # and without waiting for the client's side of a TLS close (uvloop would wait for it).
             log.info("client %s sent no complete request head in %gs: closing", self.client,
                      cfg.header_timeout)
+            self.services.metrics.abuse("header_timeout")
             self._record("-", "-", "HTTP/1.1", 408).finish()
             self.life.fire(ABORT)
         elif self.head_started is None and now - self.last_active > cfg.idle_timeout:
@@ -195,6 +196,8 @@ class H1Engine:
         if problem is not None:
             status, why = problem
             log.info("bad HTTP/1.1 request from %s: %s", self.client, why)
+            if status == 431:
+                self.services.metrics.abuse("header_size")
             self._send_error_and_close(status)
             return
         if self.services.upstream is not None and _has_body(headers):
@@ -231,6 +234,7 @@ class H1Engine:
             response.headers.extend(plan.links)
             if plan.early_hints and plan.links and version == b"1.1":
                 hints = self.conn.send(h11.InformationalResponse(status_code=103, headers=plan.links))
+                self.services.metrics.early_hint()
         if response.status in CLOSE_AFTER:
             # A request refused for its size: its body (or the rest of it) is not worth reading.
             response.headers.append((b"connection", b"close"))
@@ -426,6 +430,8 @@ class H1Engine:
         status = error.error_status_hint
         if status == 431 and self.conn.our_state is h11.IDLE and b"\n" not in h11_unparsed(self.conn):
             status = 414  # the head is over the limit before its request line even ends
+        if status == 431:
+            self.services.metrics.abuse("header_size")
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             self.exchange = self._record("-", "-", "HTTP/1.1", status)
         self._send_error_and_close(status)

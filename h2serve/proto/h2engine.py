@@ -38,6 +38,7 @@ from h2.exceptions import NoAvailableStreamIDError, ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import ExtensionFrame
 
+from ..metrics import flood_reason
 from ..push.plan import Client, Promise, PushPlan
 from ..site.body import Response
 from ..upstream.pipe import RequestBody
@@ -133,6 +134,7 @@ class H2Engine:
         if refusal is not None:
             if refusal.error_code == ErrorCodes.ENHANCE_YOUR_CALM:
                 log.info("%s from %s: GOAWAY ENHANCE_YOUR_CALM", refusal.reason, self.client)
+                self.services.metrics.abuse(flood_reason(refusal.reason))
             else:
                 log.info("h2 protocol error from %s: %s", self.client, refusal.reason)
             self._goaway(refusal.error_code)
@@ -185,6 +187,7 @@ class H2Engine:
             log.info("client %s left %d streams at a zero window for %gs: reset", self.client,
                      len(stalled), cfg.send_timeout)
             if not self.streams and silent:
+                self.services.metrics.abuse("send_timeout")
                 self._goaway(ErrorCodes.NO_ERROR)
         elif not self.streams and now - self.last_active > cfg.idle_timeout:
             self._goaway(ErrorCodes.NO_ERROR)
@@ -244,6 +247,7 @@ class H2Engine:
 
     def _on_request(self, event: RequestReceived) -> None:
         sid = event.stream_id
+        self.services.metrics.stream()
         if not self.conn.stream_open(sid):
             # Reset by the client in the same read as its request: h2 has closed the stream, and any
             # frame on it (a 103, a PUSH_PROMISE, the answer) would raise and end the connection.
@@ -262,6 +266,7 @@ class H2Engine:
             if not self.budgets.resets.take():
                 log.info("streams opened beyond SETTINGS_MAX_CONCURRENT_STREAMS, again and again from "
                          "%s: GOAWAY ENHANCE_YOUR_CALM", self.client)
+                self.services.metrics.abuse("stream_flood")
                 self._goaway(ErrorCodes.ENHANCE_YOUR_CALM)
             return
         headers = event.headers or []
@@ -335,8 +340,10 @@ class H2Engine:
         """103 (if hinted), every PUSH_PROMISE, the page's HEADERS, then the pushed responses
         (RFC 9113 section 8.4: promises precede the frames that refer to the promised resources)."""
         sid = stream.id
+        meter = self.services.metrics
         if plan.early_hints and plan.links:
             self.conn.send_headers(sid, [(b":status", b"103"), *plan.links])
+            meter.early_hint()
         promised = self.promise_all(stream, plan)
         response.headers.extend(plan.links)
         if plan.set_cookie is not None:
@@ -360,6 +367,7 @@ class H2Engine:
             except NoAvailableStreamIDError:
                 break  # every server stream id is used up: the page goes out without pushes
             self.conn.push_stream(stream.id, pid, promise.headers)
+            self.services.metrics.push()
             self.pushed.add(promise.entry.path)
             promised.append((pid, promise))
         return promised
@@ -374,7 +382,7 @@ class H2Engine:
             # after the page, in the push map's order (highest weight first: styles, scripts, fonts,
             # then images), at the page's urgency.
             pushed = Exchange(self.services, self.client, "HTTP/2.0", "GET", path.encode(),
-                              promise.headers, page.path, page.user_agent)
+                              promise.headers, page.path, page.user_agent, page.authority, pushed=True)
             self.streams[pid] = Stream(pid, pushed, stream.priority, (sid, rank))
             self._answer(self.streams[pid])
 
@@ -534,6 +542,8 @@ class H2Engine:
     def _on_reset(self, event: StreamReset) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is not None:  # an answer not yet complete (the reset was charged as it was read)
+            if stream.exchange.pushed:
+                self.services.metrics.push_refused()
             self._end_stream(stream)
 
     def _on_window_update(self, event: WindowUpdated) -> None:

@@ -44,6 +44,7 @@ class H2Proxied:
         if plan.early_hints and plan.links:
             with contextlib.suppress(ProtocolError):
                 e.conn.send_headers(self.stream.id, [(b":status", b"103"), *plan.links])
+                e.services.metrics.early_hint()
         e.push_promised(self.stream, e.promise_all(self.stream, plan))
         e.host.wake()
 
@@ -85,6 +86,7 @@ class H1Proxied:
         if (self._open() and plan.early_hints and plan.links and self.version == b"1.1"
                 and e.conn.our_state is h11.SEND_RESPONSE):
             e.queue(e.conn.send(h11.InformationalResponse(status_code=103, headers=plan.links)))
+            e.services.metrics.early_hint()
             e.host.wake()
 
     def interim(self, status: int, headers: Headers) -> None:

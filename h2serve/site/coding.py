@@ -121,6 +121,7 @@ class CompressionCache:
         self._lock = threading.Lock()
         self._turns = threading.BoundedSemaphore(concurrency)
         self._pending: dict[tuple[str, str, str], _Pending] = {}
+        self.compressions = 0  # compressions made, for the metrics (changed under `_lock`)
 
     def get(self, path: str, etag: str, coding: str, source: Callable[[], bytes | None], *,
             block: bool = True, encode: Callable[[bytes], bytes | None] | None = None) -> bytes | None:
@@ -171,6 +172,7 @@ class CompressionCache:
             return None
         out = made
         with self._lock:
+            self.compressions += 1
             if key not in self._items:
                 self._items[key] = out
                 self.size += len(out)

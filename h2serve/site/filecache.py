@@ -57,7 +57,7 @@ class FileEntry:
     watched: bool = False                # a watcher reports changes: no need to stat again
     siblings: dict[str, FileEntry] = field(default_factory=dict)  # coding -> precompressed file
     _last_modified: bytes = b""
-    kind: tuple[bytes, bytes] | None = None  # (Content-Type, Cache-Control), set by files.py
+    kind: tuple[bytes, bytes, object] | None = None  # (Content-Type, Cache-Control, the policy): handler.py
 
     @property
     def etag(self) -> str:
@@ -104,6 +104,10 @@ class FileCache:
         self._recent: deque[str] = deque(maxlen=RECENT)  # the paths of the last changes reported
         self.watch: Callable[[str], bool] | None = None
         self.sync: Callable[[], None] | None = None
+        # Lookups answered from memory, and those that looked at the disk: for the metrics, which
+        # read them once a second (plain integers: no cost worth a lock on the event loop).
+        self.hits = 0
+        self.misses = 0
 
     def catch_up(self) -> None:
         """Take in the changes reported so far; the protocol adapters call it once per read of
@@ -119,11 +123,14 @@ class FileCache:
         looked at (a path not looked at yet, or an entry due for a check)."""
         entry = self._entries.get(path)
         if entry is not None and (entry.watched or time.monotonic() - entry.checked < REVALIDATE):
+            self.hits += 1
             return entry
         if entry is None and path in self._absent:
+            self.hits += 1
             return None
         if not block:
             raise WouldBlock("io")
+        self.misses += 1
         return self._load(path, root, entry)
 
     def is_dir(self, path: str, root: Path, *, block: bool = True) -> bool:

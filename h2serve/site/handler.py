@@ -313,11 +313,13 @@ class Site:
         return chosen, data, f'{entry.etag[:-1]}-{chosen}"'
 
     def _kind(self, entry: FileEntry) -> tuple[bytes, bytes]:
-        """(Content-Type, Cache-Control) of a file: fixed by its name, so worked out once per entry."""
-        if entry.kind is None:
+        """(Content-Type, Cache-Control) of a file: fixed by its name (and the policy: a reload may
+        bring another, while the file cache is kept), so worked out once per entry and policy."""
+        kind = entry.kind
+        if kind is None or kind[2] is not self.policy:
             ctype = content_type(entry.path)
-            entry.kind = (ctype, self.cache_control(entry.path, ctype))
-        return entry.kind
+            kind = entry.kind = (ctype, self.cache_control(entry.path, ctype), self.policy)
+        return kind[0], kind[1]
 
     def cache_control(self, path: str, ctype: bytes) -> bytes:
         """The default policy: HTML revalidated every time, fingerprinted names kept for good."""

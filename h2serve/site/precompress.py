@@ -146,10 +146,11 @@ class Background:
         self._lock = threading.Lock()
         self._keys: set[object] = set()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False  # shut down before its thread started: it never starts (a reload's old site)
 
     def run(self, key: object, work: Callable[[], None]) -> None:
         with self._lock:
-            if key in self._keys or len(self._keys) >= MAX_QUEUED:
+            if self._closed or key in self._keys or len(self._keys) >= MAX_QUEUED:
                 return
             self._keys.add(key)
             if self._executor is None:
@@ -177,6 +178,8 @@ class Background:
             time.sleep(0.01)
 
     def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
