@@ -195,7 +195,7 @@ class Exchange:
             # preflights still stand in front of the application.
             if not self._gated and served.rules.active:
                 try:
-                    response = self.response = served.rules.gate(self._ruled(), block=False)
+                    response = self.response = served.rules.gate(self.ruled(), block=False)
                 except WouldBlock as e:
                     return Deferred(e.kind, self._gate_blocking)
                 self._gated = True
@@ -203,7 +203,7 @@ class Exchange:
                 return self._forward(upstream)
         if response is None:
             try:
-                response = self.response = served.rules.respond(self._ruled(), block=False)
+                response = self.response = served.rules.respond(self.ruled(), block=False)
             except WouldBlock as e:
                 return Deferred(e.kind, self._respond_blocking)
         if upstream is not None and response.status == 404 and response.file is None:
@@ -261,13 +261,13 @@ class Exchange:
         return self._served
 
     def _gate_blocking(self) -> None:
-        self.response = self.served().rules.gate(self._ruled(), block=True)
+        self.response = self.served().rules.gate(self.ruled(), block=True)
         self._gated = True
 
     def _respond_blocking(self) -> None:
-        self.response = self.served().rules.respond(self._ruled(), block=True)
+        self.response = self.served().rules.respond(self.ruled(), block=True)
 
-    def _ruled(self) -> Request:
+    def ruled(self) -> Request:
         """The request as the site rules see it. Whether it came over TLS (for HSTS) is asked of the
         connection only when it matters; a pushed response's `:scheme` is the server's own."""
         if self._request is None:

@@ -18,6 +18,12 @@ the order nginx's phases and Caddy's directive order give them:
    other security headers come with the handler's answers), CORS headers, then every matching
    `[[headers]]` rule in order (later ones win).
 
+With --upstream, `gate` is steps 1-3 for a request going to the application, and `proxied` step 5
+for the application's answer, as nginx's `add_header` and Caddy's `header` treat a proxied answer:
+the rules' headers go on, but a security header, HSTS or Access-Control-Allow-Origin the
+application sent itself stands (it knows its pages: a frame it means to allow, its own CORS
+policy), and is not sent twice.
+
 Paths are matched decoded and normalised exactly as the handler looks them up (`split_target`), so
 `/%61dmin/` or `//admin/` is `/admin/` to a rule as to the file system. A path that redirects or
 needs auth is never pushed nor hinted: the push plan asks `pushable` (push/plan.py).
@@ -45,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("h2serve")
 
 HSTS = (b"strict-transport-security", b"max-age=31536000")
+ALLOW_ORIGIN = b"access-control-allow-origin"  # sent by the application: its CORS answer stands
 # Request headers the rules read.
 CONSULTED = frozenset({b"origin", b"access-control-request-method", b"access-control-request-headers",
                        b"authorization", b"sec-fetch-dest", b"accept"})
@@ -180,7 +187,7 @@ class SiteRules:
                         _release(response)
                         response = refused
                     protected = refused is None
-        self._decorate(response, req, request, path, host, protected, preflight)
+        self._decorate(response.headers, req, request, path, host, protected, preflight)
         return response
 
     def gate(self, req: Request, *, block: bool = True) -> Response | None:
@@ -205,8 +212,22 @@ class SiteRules:
             if guard is not None:
                 response = self._check(guard, req, request, path, block)
         if response is not None:
-            self._decorate(response, req, request, path, host, False, preflight)
+            self._decorate(response.headers, req, request, path, host, False, preflight)
         return response
+
+    def proxied(self, req: Request, headers: Headers) -> None:
+        """Step 5 on the application's answer to `req` (or the 502/504 given in its place):
+        `headers` in place. What the application sent of the security headers, HSTS and CORS
+        stands; the rest as for a file. Credentials were needed if an `[[auth]]` rule covers the
+        path: the request got here past `gate` or `respond` checking them."""
+        sent = frozenset(n for n, _ in headers)
+        if not self.active:
+            self._decorate(headers, req, {}, None, "", False, False, sent)
+            return
+        path = _path(req.target)
+        host = request_host(req.authority)
+        protected = self.guard_for(path, host) is not None
+        self._decorate(headers, req, _consulted(req.headers), path, host, protected, False, sent)
 
     def _redirect(self, req: Request, path: str, host: str) -> Response | None:
         for rule in self.redirects:
@@ -249,16 +270,20 @@ class SiteRules:
                         path)
         return self.site.error(401, req.method, extra=[(b"www-authenticate", guard.challenge)])
 
-    def _decorate(self, response: Response, req: Request, request: dict[bytes, bytes],
-                  path: str | None, host: str, protected: bool, preflight: bool) -> None:
-        headers = response.headers
+    def _decorate(self, headers: Headers, req: Request, request: dict[bytes, bytes],
+                  path: str | None, host: str, protected: bool, preflight: bool,
+                  sent: frozenset[bytes] | None = None) -> None:
+        """Step 5 on an answer's `headers`. `sent`: the names of the headers the application
+        sent, for a proxied answer (None: the site's own answer)."""
         if protected:
             _make_private(headers)
-        if preflight:
+        if sent is not None:
+            headers += [h for h in self.site.always if h[0] not in sent]
+        elif preflight:
             headers += self.site.always  # the handler's answers have them, the preflight's not yet
-        if self.hsts and req.secure:
+        if self.hsts and req.secure and (sent is None or HSTS[0] not in sent):
             headers.append(HSTS)
-        if self.cors is not None and not preflight:
+        if self.cors is not None and not preflight and (sent is None or ALLOW_ORIGIN not in sent):
             self.cors.decorate(headers, request.get(b"origin"))
         if path is not None:
             for pattern, rule_host, ops in self.header_rules:
@@ -317,13 +342,23 @@ _PUBLIC = re.compile(r"(?:^|,)\s*public\s*(?=,|$)", re.IGNORECASE)
 
 def _make_private(headers: Headers) -> None:
     """Cache-Control of an answer that needed credentials: `private` first, `public` dropped, the
-    rest kept (`no-cache`, a max-age), so no shared cache stores it and browsers still revalidate."""
-    for i, (name, value) in enumerate(headers):
+    rest kept (`no-cache`, a max-age), so no shared cache stores it and browsers still revalidate.
+    An application may send several Cache-Control fields: `public` goes from each."""
+    out: Headers = []
+    first = True
+    for name, value in headers:
         if name == b"cache-control":
             rest = _PUBLIC.sub("", value.decode("latin-1")).strip(" ,")
-            headers[i] = (name, ("private, " + rest if rest else "private").encode())
-            return
-    headers.append((b"cache-control", b"private"))
+            if first:
+                rest = "private, " + rest if rest else "private"
+                first = False
+            if not rest:
+                continue  # a further field that said only `public`
+            value = rest.encode()
+        out.append((name, value))
+    if first:
+        out.append((b"cache-control", b"private"))
+    headers[:] = out
 
 
 def _release(response: Response) -> None:

@@ -9,8 +9,10 @@ through a `Listener` (proto/proxied.py has one per protocol), on the event loop:
    `RequestBody` pipe (each chunk acknowledged to the client once the upstream socket took it);
 3. the application's own 103 is passed on (HTTP/2 only); its final head's preload Links give a
    plan for what was not hinted yet, and are learned for the next request;
-4. the answer goes to the client as the application sent it (less hop-by-hop fields), its body
-   streaming through `UpstreamBody`, its trailers after it.
+4. the answer goes to the client as the application sent it (less hop-by-hop fields), with the
+   site rules' response headers (security headers and HSTS where it sent none, `[[headers]]`,
+   `Cache-Control: private` behind `[[auth]]`; site/rules.py `proxied`), its body streaming
+   through `UpstreamBody`, its trailers after it.
 
 Failures before the answer began give the client a 502 (refused, reset, broken answer) or a 504
 (no connection or no answer in time), with one log line; after, the client's answer is cut off.
@@ -140,8 +142,7 @@ class ProxyCall:
         if not self.responded:
             log.warning("upstream %s %s: %d for %s %s", self.upstream.target, why, status, ex.method,
                         ex.path)
-            self.responded = True
-            listener.respond(ex.served().site.error(status, ex.method))
+            self._respond(listener, ex.served().site.error(status, ex.method))
         elif self.answer is not None:
             log.warning("upstream %s %s while answering %s %s: cut off", self.upstream.target, why,
                         ex.method, ex.path)
@@ -195,9 +196,16 @@ class ProxyCall:
             body = None
         else:
             body = self.answer = UpstreamBody(self._space_made, self.cancel)
-        self.responded = True
-        listener.respond(Response(event.status_code, headers, body))
+        self._respond(listener, Response(event.status_code, headers, body))
         await self._relay(conn, body)
+
+    def _respond(self, listener: Listener, response: Response) -> None:
+        """The one way an answer head leaves a call: the application's, or the 502/504 in its
+        place, with the site rules' response headers on it."""
+        ex = self.exchange
+        ex.served().rules.proxied(ex.ruled(), response.headers)
+        self.responded = True
+        listener.respond(response)
 
     def _abandon_conn(self) -> None:
         conn, self._conn = self._conn, None

@@ -3,7 +3,8 @@
 Run by gunicorn (tests/conftest.py `upstream_app`); `PUSH_MANIFEST` names its push_manifest.json.
 Besides the index view that the extension decorates, it has the views the proxy tests need: a
 slow page with preload Links, uploads hashed as they stream in (quickly or slowly), the request
-headers echoed back, an answer that never comes, and Links that change on request.
+headers echoed back, an answer that never comes, Links that change on request, and an answer
+carrying the response headers the request names (`/answer?h=Name:value`, repeatable).
 """
 
 import hashlib
@@ -95,3 +96,12 @@ def big():
             yield block
 
     return Response(stream(), mimetype="application/octet-stream")
+
+
+@app.route("/answer", methods=["GET", "POST"])
+def answer():
+    response = Response("answered by the app")
+    for pair in request.args.getlist("h"):
+        name, _, value = pair.partition(":")
+        response.headers.add(name, value.strip())
+    return response
