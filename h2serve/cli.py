@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import GROUPS, Config, ConfigError
+from .config import Config, ConfigError
+from .options import GROUPS
 from .proto.versions import check_versions
 from .push.manifest import default_manifest_path
 from .push.scan import scan_site
@@ -48,7 +49,7 @@ _HINTS = typing.get_type_hints(Config)
 
 def build_parser() -> argparse.ArgumentParser:
     """One option per `Config` field: flag, type, help and default all come from the field, and
-    `--help` shows them in sections (config.GROUPS), in that order."""
+    `--help` shows them in sections (options.GROUPS), in that order."""
     parser = argparse.ArgumentParser(
         prog="h2serve", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -88,7 +88,8 @@ def test_help_lists_every_option() -> None:
 def test_help_is_grouped() -> None:
     """--help shows the options in sections (TLS, site, caching, push, HTTP/2, limits, processes,
     logging), in that order, each option once and in the section of its Config field."""
-    from h2serve.config import GROUPS, Config
+    from h2serve.config import Config
+    from h2serve.options import GROUPS
 
     result = run_cli("--help")
     assert result.returncode == 0
