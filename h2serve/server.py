@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
-import os
 import signal
 import socket
 import ssl
@@ -36,19 +35,14 @@ from .net.listener import Acceptor, bind
 from .net.opslistener import OpsListener, bind_ops
 from .net.tls import event_loop_factory, make_ssl_context
 from .proto.exchange import Services
-from .push.manifest import (
-    PushMap,
-    default_manifest_path,
-    describe_map,
-    push_map_for,
-    push_map_sources,
-)
+from .push.manifest import PushMap, describe_map, push_map_for
 from .push.plan import Pusher
+from .pushreload import reload_push_map, watch_push_map
 from .reload import reload
 from .site.handler import Policy, Site
 from .site.watch import Watcher
 from .site.workpool import WorkPool
-from .vhosts import add_sni, other_sites, site_config
+from .vhosts import add_sni, other_sites
 
 if TYPE_CHECKING:
     from .upstream.proxy import Upstream
@@ -56,7 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("h2serve")
 
 SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all connections
-RELOAD_DELAY = 0.2    # --reload: seconds from the last change to a push map file to the reload
 
 Sockets = list[list[socket.socket]]  # listening sockets per address: every --bind, then every --h2c-bind
 
@@ -235,104 +228,12 @@ class Server:
             services.metrics.sample(services.site.cache, services.site.compressed)
 
     def reload_push_map(self) -> bool:
-        """Read the push map again (--reload; SIGHUP reloads everything, reload.py); a broken one
-        is reported and the old kept. It reads files: --reload calls it in a worker thread (the new
-        map is one assignment)."""
-        assert self.services is not None
-        try:
-            new = push_map_for(self.config, self.services.site)
-            others = [(pusher, push_map_for(site_config(self.config, spec), site))
-                      for spec, site, pusher in self.services.others]  # [[site]]: theirs too
-        except ConfigError as e:
-            log.error("push map not reloaded, keeping the old one: %s", e)
-            return False
-        self.services.pusher.map = new
-        for pusher, their in others:
-            pusher.map = their
-        log.info("push map reloaded: %s", describe_map(new))
-        return True
+        """Read the push map again (pushreload.py); False, the old one kept, if it is broken."""
+        return reload_push_map(self)
 
     async def watch_push_map(self, interval: float = 1.0) -> None:
-        """Reload the push map whenever the files it comes from change (--reload).
-
-        The file watcher (inotify) says when: RELOAD_DELAY seconds after the last change reported
-        to one of them (the manifest; with --auto-push any .html or .css of the site, or a folder
-        of it), their folders being watched for that (with --auto-push every folder of the site,
-        within the watcher's MAX_WATCHES). Where the watcher is not running, or cannot watch them
-        all, their times are compared every `interval` seconds instead. The files are read, and
-        the site walked, in worker threads."""
-        assert self.services is not None
-        site = self.services.site
-        if self._watcher is not None:
-            await self._follow_push_map(self._watcher, site)
-            log.info("--reload: cannot watch every folder the push map comes from; checking "
-                     "them every %gs", interval)
-        seen = await asyncio.to_thread(push_map_sources, self.config, site)
-        while True:
-            await asyncio.sleep(interval)
-            now = await asyncio.to_thread(push_map_sources, self.config, site)
-            if now != seen:
-                seen = now
-                await asyncio.to_thread(self.reload_push_map)
-
-    async def _follow_push_map(self, watcher: Watcher, site: Site) -> None:
-        """Reload the push map as the watcher reports changes to its sources; returns when their
-        folders cannot all be watched (after reloading, if a change was reported)."""
-        loop = asyncio.get_running_loop()
-        due = asyncio.Event()
-        timer: asyncio.TimerHandle | None = None
-        folders, affects = await asyncio.to_thread(self._push_map_sources, site)
-
-        def on_change(path: str, folder: bool) -> None:
-            nonlocal timer
-            if affects(path, folder):  # an editor saves in several steps: reload after the last
-                if timer is not None:
-                    timer.cancel()
-                timer = loop.call_later(RELOAD_DELAY, due.set)
-
-        def watch_all(folders: list[str]) -> bool:
-            return all(watcher.add(folder) for folder in folders)
-
-        unsubscribe = watcher.subscribe(on_change)
-        try:
-            watching = await asyncio.to_thread(watch_all, folders)
-            while watching:
-                await due.wait()
-                due.clear()
-                # New folders are watched before the files are read: nothing written falls between.
-                folders, affects = await asyncio.to_thread(self._push_map_sources, site)
-                watching = await asyncio.to_thread(watch_all, folders)
-                await asyncio.to_thread(self.reload_push_map)
-        finally:
-            unsubscribe()
-            if timer is not None:
-                timer.cancel()
-
-    def _push_map_sources(self, site: Site) -> tuple[list[str], Callable[[str, bool], bool]]:
-        """The folders to watch for the push map's sources, and the test of a change the watcher
-        reports (its real path, whether a folder) for whether it may change the map. Blocking:
-        resolves paths, and with --auto-push walks the whole site."""
-        sep = os.sep
-        if self.config.auto_push:
-            roots = [str(m.root) for m in site.mounts]  # resolved already, as the watcher's paths are
-            folders = [d for r in roots for d, _, _ in os.walk(r)]
-
-            def affects(path: str, folder: bool) -> bool:
-                return (folder or path.endswith((".html", ".css"))) and any(
-                    path == r or path.startswith(r + sep) or r.startswith(path.rstrip(sep) + sep)
-                    for r in roots)
-
-            return folders, affects
-        given = os.path.abspath(self.config.push_manifest or default_manifest_path(self.config))
-        # The watcher names a file by its folder's real path: the link itself, and what it leads to.
-        names = {os.path.join(os.path.realpath(os.path.dirname(given)), os.path.basename(given)),
-                 os.path.realpath(given)}
-
-        def affects_manifest(path: str, folder: bool) -> bool:
-            # A folder above it renamed or removed, or events lost ("/"), may change it too.
-            return path in names or (folder and any(n.startswith(path.rstrip(sep) + sep) for n in names))
-
-        return sorted({os.path.dirname(n) for n in names}), affects_manifest
+        """Reload the push map whenever the files it comes from change (--reload, pushreload.py)."""
+        await watch_push_map(self, interval)
 
     async def stop(self, timeout: float | None = None, force: asyncio.Event | None = None) -> None:
         """Stop accepting, send GOAWAY, give in-flight responses `timeout` seconds, then close.
