@@ -29,6 +29,7 @@ from ..site.body import Body, Response
 from ..upstream.pipe import RequestBody
 from .compat import h11_unparsed
 from .exchange import Deferred, Exchange, Host, Proxied, Services
+from .h1upload import declared, has_body, pull_body
 from .lifecycle import ABORT, CLOSE, H1_TABLE, IDLE, LOST, OPEN, SHUTDOWN, Lifecycle
 from .proxied import H1Proxied
 
@@ -100,7 +101,7 @@ class H1Engine:
     def output(self) -> bytes:
         """What is queued, then body chunks while the transport takes them, up to about CHUNK."""
         if self._upload is not None:
-            self._pull_body()
+            pull_body(self)
         while (self.body is not None and self.writable and not self.life.ended
                and self._queued < CHUNK and self._pump_once()):
             pass
@@ -147,7 +148,7 @@ class H1Engine:
         """Take events from h11 until a response is in progress or more input is needed."""
         conn = self.conn
         if self._upload is not None:
-            self._pull_body()
+            pull_body(self)
         while not self.life.ended and self.exchange is None and self.writable:
             if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                 conn.start_next_cycle()  # the next pipelined request, if any, is now readable
@@ -200,9 +201,9 @@ class H1Engine:
                 self.services.metrics.abuse("header_size")
             self._send_error_and_close(status)
             return
-        if self.services.upstream is not None and _has_body(headers):
+        if self.services.upstream is not None and has_body(headers):
             # A body follows, perhaps for the application: read on as it is forwarded.
-            exchange.body = self._upload = RequestBody(self._credit, _declared(headers))
+            exchange.body = self._upload = RequestBody(self._credit, declared(headers))
         self._answer(exchange, version)
 
     def _client_facts(self, exchange: Exchange) -> Client:
@@ -225,7 +226,7 @@ class H1Engine:
             if self.conn.they_are_waiting_for_100_continue:
                 self._queue(self.conn.send(h11.InformationalResponse(status_code=100, headers=[])))
             result.start(H1Proxied(self, exchange, version))
-            self._pull_body()
+            pull_body(self)
             return
         response, plan, hints = result, exchange.plan, b""
         if plan is not None:
@@ -292,54 +293,6 @@ class H1Engine:
 
     def _credit(self, n: int) -> None:
         """The application took `n` bytes of the request body: read on (at the next output)."""
-
-    def _pull_body(self) -> None:
-        """Take the request body's events from h11 into its pipe while the pipe has room; stop
-        reading from the client while it has none (the application holds it back)."""
-        exchange = self.exchange
-        upload = exchange.body if exchange is not None else None
-        if upload is None or upload.ended or self.life.ended:
-            if exchange is None:
-                self._upload = None  # its exchange is over
-            return
-        conn = self.conn
-        while conn.their_state is h11.SEND_BODY and (upload.dropped or not upload.full):
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as e:
-                upload.drop()
-                self._protocol_error(e)
-                return
-            if event is h11.NEED_DATA:
-                self._reading = True
-                return
-            if isinstance(event, h11.Data):
-                upload.feed(bytes(event.data))
-                if upload.received > self.services.config.max_body_size:
-                    self._too_large()
-                    return
-            elif isinstance(event, h11.EndOfMessage):
-                upload.end()
-                return
-            else:
-                return
-        if conn.their_state is h11.SEND_BODY:
-            self._reading = False  # the pipe is full: the client waits for the application
-
-    def _too_large(self) -> None:
-        """A request body over --max-body-size (no Content-Length said so before): 413 and close
-        if the application has not answered yet, else the connection is closed."""
-        exchange = self.exchange
-        assert exchange is not None and exchange.body is not None
-        exchange.body.drop()
-        call = exchange.proxy
-        log.info("request body from %s over --max-body-size", self.client)
-        if call is not None and not call.responded and self.conn.our_state is h11.SEND_RESPONSE:
-            call.responded = True
-            call.cancel()
-            self._send_error_and_close(413)
-        else:
-            self.life.fire(CLOSE)
 
     def _pump_once(self) -> bool:
         """Queue the next body chunk; False when none is ready (the disk calls back) or the body
@@ -445,21 +398,6 @@ class H1Engine:
                 self._send_response(response)
         self._finish()
         self.life.fire(CLOSE)
-
-
-def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    """The request has a body: Transfer-Encoding, or a Content-Length above 0 (h11 reads an
-    empty one for a request with neither)."""
-    return any(n == b"transfer-encoding" or (n == b"content-length" and v.strip() != b"0")
-               for n, v in headers)
-
-
-def _declared(headers: list[tuple[bytes, bytes]]) -> int | None:
-    """A request's Content-Length, if it gave one."""
-    for name, value in headers:
-        if name == b"content-length" and value.isdigit():
-            return int(value)
-    return None
 
 
 def _bytes(chunk: bytes | memoryview) -> bytes:
