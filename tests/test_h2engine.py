@@ -301,7 +301,7 @@ def test_page_data_goes_right_behind_its_headers_with_another_response_in_flight
         engine_env: EngineEnv) -> None:
     # A large download is under way (and ready to send) when the page is asked for in the same
     # read: the page's DATA must still follow its HEADERS, ahead of the pushed responses' HEADERS
-    # (h2engine._send_with_plan).
+    # (h2push.send_with_plan).
     pair = engine_env.h2(push_map=PUSH_MAP, settings={SettingCodes.INITIAL_WINDOW_SIZE: BIG})
     pair.open_window(BIG)
     download = pair.request("/static/one.bin")

@@ -1,5 +1,5 @@
 """HTTP/2 without sockets: `H2Engine` holds one connection's `H2Connection`, its streams, the send
-scheduler, push execution, the abuse policy and the lifecycle.
+scheduler, push execution (h2push.py), the abuse policy and the lifecycle.
 
 Bytes in (`receive`), bytes out (`output`), timeouts by `tick(now)`; the clock, the worker threads
 and the wake-up when a file chunk arrives come from a `Host` (exchange.py). Nothing here imports
@@ -34,12 +34,12 @@ from h2.events import (
     UnknownFrameReceived,
     WindowUpdated,
 )
-from h2.exceptions import NoAvailableStreamIDError, ProtocolError
+from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import ExtensionFrame
 
 from ..metrics import flood_reason
-from ..push.plan import Client, Promise, PushPlan
+from ..push.plan import Client
 from ..site.body import Response
 from ..upstream.pipe import RequestBody
 from . import lifecycle as lc
@@ -47,6 +47,7 @@ from .compat import ServerConnection
 from .exchange import Deferred, Exchange, Host, Proxied, Services
 from .h2guard import PRIORITY_UPDATE, FrameBudgets, FrameGuard, Refusal
 from .h2priority import NO_RFC7540_PRIORITIES, PrioritySignals
+from .h2push import push_slots, send_with_plan
 from .h2sched import SendScheduler, Stream
 from .hpackcache import CachedEncoder
 from .proxied import H2Proxied
@@ -58,7 +59,6 @@ RUN_BYTES = 64 * 1024             # DATA one stream sends in its turn (frames of
 SHUTDOWN_PING = b"h2s-shut"
 SHUTDOWN_PING_WAIT = 2.0          # seconds to wait for the PING ACK before the final GOAWAY
 STREAM_SLACK = 16                 # streams h2 itself accepts beyond the advertised limit (refused)
-MAX_PUSHES_PER_PAGE = 100         # a bound of our own, whatever the client allows
 STATUS_BYTES = {code: str(code).encode() for code in range(100, 600)}
 
 
@@ -307,7 +307,7 @@ class H2Engine:
         elif stream.exchange.plan is None:
             self._send_response(stream, result)
         else:
-            self._send_with_plan(stream, result, stream.exchange.plan)
+            send_with_plan(self, stream, result, stream.exchange.plan)
 
     def _deferred_done(self, stream: Stream, error: BaseException | None) -> None:
         if self.streams.get(stream.id) is not stream or self.life.ended:
@@ -322,69 +322,8 @@ class H2Engine:
         self._check_idle()
 
     def _client_facts(self, exchange: Exchange) -> Client:
-        return Client("h2", self.scheme, exchange.authority, exchange.headers, self._push_slots(),
+        return Client("h2", self.scheme, exchange.authority, exchange.headers, push_slots(self),
                       self.pushed, exchange.method)
-
-    def _push_slots(self) -> int:
-        """How many pushes the client takes now: none if it refuses push or the connection is
-        closing; otherwise what its SETTINGS_MAX_CONCURRENT_STREAMS leaves room for."""
-        remote = self.conn.remote_settings
-        if not remote.enable_push or self.life.state != lc.OPEN:
-            return 0
-        return max(0, min(remote.max_concurrent_streams, MAX_PUSHES_PER_PAGE)
-                   - self.conn.open_outbound_streams)
-
-    # -- push --------------------------------------------------------------------------------------
-
-    def _send_with_plan(self, stream: Stream, response: Response, plan: PushPlan) -> None:
-        """103 (if hinted), every PUSH_PROMISE, the page's HEADERS, then the pushed responses
-        (RFC 9113 section 8.4: promises precede the frames that refer to the promised resources)."""
-        sid = stream.id
-        meter = self.services.metrics
-        if plan.early_hints and plan.links:
-            self.conn.send_headers(sid, [(b":status", b"103"), *plan.links])
-            meter.early_hint()
-        promised = self.promise_all(stream, plan)
-        response.headers.extend(plan.links)
-        if plan.set_cookie is not None:
-            response.headers.append((b"set-cookie", plan.set_cookie))
-        # The page's first run of DATA goes right behind its HEADERS, ahead of the pushed responses'
-        # HEADERS (and of other streams' turns): the client can parse the page while the pushed bytes
-        # are still arriving.
-        if self._send_response(stream, response, queue=False):
-            self._run(stream)
-        self.push_promised(stream, promised)
-
-    def promise_all(self, stream: Stream, plan: PushPlan) -> list[tuple[int, Promise]]:
-        """A PUSH_PROMISE for each of the plan's promises the client has room for."""
-        promised = []
-        slots = self._push_slots()  # again: the plan may have waited for the disk
-        for promise in plan.promises[:slots]:
-            if promise.entry.path in self.pushed:
-                continue
-            try:
-                pid = self.conn.get_next_available_stream_id()
-            except NoAvailableStreamIDError:
-                break  # every server stream id is used up: the page goes out without pushes
-            self.conn.push_stream(stream.id, pid, promise.headers)
-            self.services.metrics.push()
-            self.pushed.add(promise.entry.path)
-            promised.append((pid, promise))
-        return promised
-
-    def push_promised(self, stream: Stream, promised: list[tuple[int, Promise]]) -> None:
-        """Answer the promised requests as any request for their paths is answered."""
-        sid = stream.id
-        page = stream.exchange
-        for rank, (pid, promise) in enumerate(promised, 1):
-            path = promise.entry.path
-            # The same handler as any request for that path: same status, headers and bytes. Sent
-            # after the page, in the push map's order (highest weight first: styles, scripts, fonts,
-            # then images), at the page's urgency.
-            pushed = Exchange(self.services, self.client, "HTTP/2.0", "GET", path.encode(),
-                              promise.headers, page.path, page.user_agent, page.authority, pushed=True)
-            self.streams[pid] = Stream(pid, pushed, stream.priority, (sid, rank))
-            self._answer(self.streams[pid])
 
     # -- sending -----------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from h2.exceptions import ProtocolError
 
 from ..push.plan import PushPlan
 from ..site.body import Response
+from .h2push import promise_all, push_promised
 
 if TYPE_CHECKING:
     from .h1engine import H1Engine
@@ -45,7 +46,7 @@ class H2Proxied:
             with contextlib.suppress(ProtocolError):
                 e.conn.send_headers(self.stream.id, [(b":status", b"103"), *plan.links])
                 e.services.metrics.early_hint()
-        e.push_promised(self.stream, e.promise_all(self.stream, plan))
+        push_promised(e, self.stream, promise_all(e, self.stream, plan))
         e.host.wake()
 
     def interim(self, status: int, headers: Headers) -> None:
