@@ -49,6 +49,7 @@ from .h2guard import PRIORITY_UPDATE, FrameBudgets, FrameGuard, Refusal
 from .h2priority import NO_RFC7540_PRIORITIES, PrioritySignals
 from .h2push import push_slots, send_with_plan
 from .h2sched import SendScheduler, Stream
+from .h2upload import credit, declared, on_data, on_stream_ended, stop_upload
 from .hpackcache import CachedEncoder
 from .proxied import H2Proxied
 
@@ -86,8 +87,8 @@ class H2Engine:
         self._facts = self._client_facts
         self._handlers: dict[type, Callable[[Any], None]] = {
             RequestReceived: self._on_request,
-            DataReceived: self._on_data,
-            StreamEnded: self._on_stream_ended,
+            DataReceived: partial(on_data, self),
+            StreamEnded: partial(on_stream_ended, self),
             StreamReset: self._on_reset,
             WindowUpdated: self._on_window_update,
             RemoteSettingsChanged: self._on_settings,
@@ -288,7 +289,7 @@ class H2Engine:
                             referer, user_agent, authority, self._facts)
         if self.services.upstream is not None and event.stream_ended is None:
             # A body may follow, for the application: credited to the client as it is forwarded.
-            exchange.body = RequestBody(partial(self._credit, sid), _declared(headers))
+            exchange.body = RequestBody(partial(credit, self, sid), declared(headers))
         stream = self.streams[sid] = Stream(sid, exchange, self.signals.for_request(sid, headers))
         self._answer(stream)
 
@@ -416,67 +417,11 @@ class H2Engine:
             self.budgets.stream_completed()
         self.last_active = self.host.now()
         if complete and stream.uploading and not self.life.ended:
-            self._stop_upload(stream.id)
+            stop_upload(self, stream.id)
         exchange.finish()
         self._check_idle()
 
     # -- other events ------------------------------------------------------------------------------
-
-    def _on_data(self, event: DataReceived) -> None:
-        """Request bodies are not used by a static server: the window goes straight back. A
-        client that sends a body is asked to stop once its answer is complete: RST_STREAM with
-        NO_ERROR (RFC 9113 section 8.1). Not before it sends one: until then the stream stays
-        half-closed, and whatever else the client sends on it (trailers, WINDOW_UPDATE) is checked
-        by h2 as on any open stream, with the error code the RFC names."""
-        sid = event.stream_id
-        stream = self.streams.get(sid)
-        upload = stream.exchange.body if stream is not None else None
-        if upload is not None and not upload.dropped:
-            # For the application: credited to the client once the upstream socket takes it.
-            assert stream is not None
-            upload.feed(event.data, event.flow_controlled_length)
-            if upload.received > self.services.config.max_body_size:
-                self._too_large(stream)
-            return
-        if event.flow_controlled_length:
-            self.conn.acknowledge_received_data(event.flow_controlled_length, sid)
-        if stream is not None:  # the answer is still going out: stop the body when it is complete
-            stream.uploading = event.stream_ended is None
-        elif event.stream_ended is None:
-            self._stop_upload(sid)
-
-    def _on_stream_ended(self, event: StreamEnded) -> None:
-        stream = self.streams.get(event.stream_id)
-        if stream is not None:
-            stream.uploading = False
-            if stream.exchange.body is not None:
-                stream.exchange.body.end()
-
-    def _credit(self, stream_id: int, n: int) -> None:
-        """Flow-control credit for `n` bytes of a request body the application has taken."""
-        if n and not self.life.ended:
-            with contextlib.suppress(ProtocolError):
-                self.conn.acknowledge_received_data(n, stream_id)
-
-    def _too_large(self, stream: Stream) -> None:
-        """A request body over --max-body-size (no Content-Length said so before): 413 if the
-        application has not answered yet (its call abandoned), else the stream is reset."""
-        exchange = stream.exchange
-        call = exchange.proxy
-        if call is not None and not call.responded:
-            call.responded = True
-            call.cancel()
-            log.info("request body from %s over --max-body-size: 413", self.client)
-            self._send_response(stream, exchange.served().site.error(413, exchange.method))
-            exchange.status = 413
-        else:
-            if exchange.body is not None:
-                exchange.body.drop()
-            self._reset(stream, ErrorCodes.CANCEL)
-
-    def _stop_upload(self, stream_id: int) -> None:
-        with contextlib.suppress(ProtocolError):
-            self.conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
     def _on_reset(self, event: StreamReset) -> None:
         stream = self.streams.get(event.stream_id)
@@ -517,12 +462,3 @@ class H2Engine:
     def _on_ping_ack(self, event: PingAckReceived) -> None:
         if event.ping_data == SHUTDOWN_PING:
             self._drained()
-
-
-
-def _declared(headers: list[tuple[bytes, bytes]]) -> int | None:
-    """A request's Content-Length, if it gave one."""
-    for name, value in headers:
-        if name == b"content-length" and value.isdigit():
-            return int(value)
-    return None
