@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -171,7 +170,6 @@ def test_long_passwords_as_apache_checks_them(tmp_path: Path) -> None:
     assert guard.check(b"Basic " + base64.b64encode(b"ann:" + b"x" * 100), block=True)[0]
 
 
-@pytest.mark.skipif(shutil.which("htpasswd") is None, reason="needs htpasswd (apache2-utils)")
 def test_a_file_written_by_apache_htpasswd(make_server: Callable[..., RunningServer], root: Path,
                                            tmp_path: Path, client: httpx.Client) -> None:
     path = tmp_path / "apache.htpasswd"
