@@ -26,7 +26,7 @@ from conftest import REPO, RunningServer, ServerProcess, wait_for
 
 from benchmarks import jsbundle
 from h2serve.config import Config, ConfigError
-from h2serve.site import precompress
+from h2serve.site import coding, precompress
 from h2serve.site.precompress import DiskCache
 
 LIMIT = 8 * 1024 * 1024
@@ -177,6 +177,28 @@ def test_disk_cache_is_bounded_least_recently_used_first(tmp_path: Path) -> None
     assert sorted(os.listdir(tmp_path / "d")) == ["b", "d"]
     again = DiskCache(tmp_path / "d", limit=150)  # a restart with less room: the oldest go
     assert again.size == 100 and len(os.listdir(tmp_path / "d")) == 1
+
+
+def test_an_encoding_too_big_for_the_folder_is_not_made_again_and_again(
+        site: Path, tmp_path: Path, make_server: Callable[..., RunningServer],
+        counted: Counter[tuple[str, str]], verify: object) -> None:
+    """With --precompress-size 1, a MiB of incompressible text encodes to more than the folder's
+    half MiB for best-ratio bytes: it cannot be kept, so it is encoded once per coding, not again
+    on every request (the background thread would otherwise spend a core on it for good); the
+    answers stay the on-the-fly coding."""
+    data = os.urandom(coding.MAX_SIZE // 2).hex().encode()  # 1 MiB of text, 4 bits of entropy a byte
+    (site / "static" / "noise.js").write_bytes(data)
+    folder = tmp_path / "pre"
+    server = make_server(templates=str(site / "templates"), static=str(site / "static"),
+                         precompress_dir=str(folder), precompress_size=1)
+    pre = server.server.services.site.precompressed
+    with httpx.Client(verify=verify, timeout=30) as c:  # type: ignore[arg-type]
+        for _ in range(3):
+            r = c.get(server.url + "/static/noise.js", headers={"accept-encoding": "br"})
+            assert r.headers["etag"].endswith('-br"') and r.content == data
+            pre.wait()
+    assert sorted(counted.values()) == [1, 1]
+    assert list((folder / "best").iterdir()) == []
 
 
 def test_lock_file_keeps_a_second_process_from_encoding(tmp_path: Path,

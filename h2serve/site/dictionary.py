@@ -231,9 +231,8 @@ class Dictionaries:
         held = _Held(pattern.number, path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns)
         if self.store is not None:
             name = f"{pattern.number}-{digest.hex()}"
-            if not self.store.has(name):
-                self.store.put(name, data)
-            held = _Held(pattern.number, stored=name)
+            if self.store.has(name) or self.store.put(name, data):
+                held = _Held(pattern.number, stored=name)
         with self._lock:
             self._versions[(entry.path, entry.etag)] = digest
             while len(self._versions) > MAX_KNOWN:

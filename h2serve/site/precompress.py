@@ -37,6 +37,7 @@ log = logging.getLogger("h2serve")
 SUFFIX = {"br": ".br", "zstd": ".zst"}
 ETAG_SUFFIX = {"br": "br11", "zstd": "zstd19"}  # the coding and its level: other bytes, other ETag
 MAX_QUEUED = 1024      # versions waiting at once; more are dropped and asked for again later
+MAX_UNKEPT = 4096      # versions remembered as not kept (encoded once, not again)
 STALE_LOCK = 600.0     # seconds after which another process's lock is taken as abandoned
 
 
@@ -112,7 +113,11 @@ class DiskCache:
             self._evict()
         return True
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes) -> bool:
+        """Keep `data` as `name`; False when it is not kept: not written, or larger than the whole
+        folder's room (it would only push everything else out, then go itself)."""
+        if len(data) > self.limit:
+            return False
         tmp = self.folder / f".tmp-{os.getpid()}-{threading.get_ident()}-{name}"
         try:
             with open(tmp, "wb") as f:
@@ -122,11 +127,12 @@ class DiskCache:
             log.warning("--precompress-dir: cannot write %s: %s", self.folder / name, e.strerror)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            return
+            return False
         with self._lock:
             self.size += len(data) - self._files.pop(name, 0)
             self._files[name] = len(data)
             self._evict()
+        return True
 
     def _evict(self) -> None:
         while self.size > self.limit and self._files:
@@ -197,6 +203,9 @@ class Precompressor:
         self.disk = DiskCache(folder / "best", limit)
         self.codings = best_codings()
         self.background = Background("h2serve-precompress")
+        # Versions whose encoding the folder did not take (too big for it, or a failed write):
+        # encoded again on every request they would keep the thread busy for nothing.
+        self._unkept: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def ready(self, path: str, etag: str, coding_name: str) -> str | None:
         """The file name of a version's best encoding when it is on disk (no system call)."""
@@ -205,7 +214,7 @@ class Precompressor:
 
     def start(self, path: str, etag: str, read: Callable[[], bytes | None]) -> None:
         """Queue a version's encodings, unless they are made, queued or running already."""
-        if not all(self.ready(path, etag, c) for c in self.codings):
+        if (path, etag) not in self._unkept and not all(self.ready(path, etag, c) for c in self.codings):
             self.background.run((path, etag), lambda: self._encode(path, etag, read))
 
     def wait(self, timeout: float = 30.0) -> None:
@@ -224,8 +233,10 @@ class Precompressor:
                 if data is None or self.ready(path, etag, name):
                     continue
                 file = version_name(path, etag, name) + SUFFIX[name]
-                if not self.disk.adopt(file):  # made by another worker process already?
-                    self.disk.put(file, encode_best(data, name))
+                if not self.disk.adopt(file) and not self.disk.put(file, encode_best(data, name)):
+                    self._unkept[(path, etag)] = None  # (adopted: made by another worker process)
+                    while len(self._unkept) > MAX_UNKEPT:
+                        self._unkept.popitem(last=False)
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(lock)
