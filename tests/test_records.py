@@ -48,6 +48,14 @@ def test_records_go_full_size_after_a_megabyte_and_small_again_after_a_pause() -
     assert sizer.pieces(chunk, clock.advance(IDLE_RESET + 0.01)) is not None  # woke up: small again
 
 
+def test_without_tls_writes_are_counted_but_never_cut() -> None:
+    sizer, clock = RecordSizer(), FakeClock()
+    assert sizer.pieces(b"x" * 5000, clock(), split=False) is None  # no records to size
+    for _ in range(FULL_AFTER // 65536):
+        assert sizer.pieces(b"z" * 65536, clock.advance(0.01), split=False) is None
+    assert sizer.streaming  # the buffer limits still widen for a bulk transfer
+
+
 def fetch_records(port: int, ca_file: str, path: str) -> tuple[list[int], bytes]:
     """GET `path` over TLS HTTP/1.1 through memory BIOs, so that the raw bytes the server sent can
     be split into records: the length field of every record the server sent after the request

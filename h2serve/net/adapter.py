@@ -219,10 +219,10 @@ class Adapter(asyncio.Protocol):
                     data = engine.output()
                     if not data:
                         break
-                    pieces = shape.pieces(data, time.monotonic())
+                    pieces = shape.pieces(data, time.monotonic(), split)
                     if shape.streaming != self._bulk:
                         self._limits(bulk=not self._bulk)
-                    if pieces is None or not split:
+                    if pieces is None:
                         transport.write(data)
                     else:  # one TLS record each, in one socket write (net/records.py)
                         transport.writelines(pieces)

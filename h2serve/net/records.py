@@ -40,13 +40,14 @@ class RecordSizer:
         than late decisions (the adapter widens its buffers then, net/adapter.py)."""
         return self.written >= FULL_AFTER
 
-    def pieces(self, data: bytes, now: float) -> list[bytes] | None:
-        """The writes to make for `data` at `now`: None when `data` goes whole."""
+    def pieces(self, data: bytes, now: float, split: bool = True) -> list[bytes] | None:
+        """The writes to make for `data` at `now`: None when `data` goes whole. `split=False` (a
+        connection without TLS, whose buffer limits still follow `streaming`) only counts it."""
         if now - self.last > IDLE_RESET:
             self.written = 0
         self.last = now
         small = self.written < FULL_AFTER
         self.written += len(data)
-        if not small or len(data) <= SMALL_RECORD:
+        if not (split and small) or len(data) <= SMALL_RECORD:
             return None
         return [data[i:i + SMALL_RECORD] for i in range(0, len(data), SMALL_RECORD)]
