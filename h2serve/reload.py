@@ -91,14 +91,17 @@ async def reload(server: Server, reread: Callable[[], Config] | None, *,
             return None
         return config, services, ctx
 
-    prepared = await asyncio.to_thread(build)
-    if prepared is None:
-        meter.reloaded(False)
-        return False
-    config, services, ctx = prepared
-    if reread is not None and config.log_level != server.config.log_level:
-        logging.getLogger().setLevel(config.log_level.upper())  # the command line's logging (cli.py)
-    apply(server, config, services, ctx)
+    # One at a time: a second reload builds from what the first applied (built from the same old
+    # services, it would share, and so serve, a background worker the first one stopped).
+    async with server.reloading:
+        prepared = await asyncio.to_thread(build)
+        if prepared is None:
+            meter.reloaded(False)
+            return False
+        config, services, ctx = prepared
+        if reread is not None and config.log_level != server.config.log_level:
+            logging.getLogger().setLevel(config.log_level.upper())  # the command line's logging (cli.py)
+        apply(server, config, services, ctx)
     meter.reloaded(True)
     log.info("SIGHUP: reloaded the configuration and certificates; %s",
              describe_map(server.services.pusher.map))

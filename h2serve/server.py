@@ -84,6 +84,7 @@ class Server:
         self._sockets = sockets
         self.ops_sockets = ops_sockets
         self.ops: OpsListener | None = None  # --metrics-bind
+        self.reloading = asyncio.Lock()  # SIGHUP reloads, one at a time (reload.py)
         self._acceptors: list[Acceptor] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._watcher: Watcher | None = None

@@ -5,6 +5,7 @@ worker reloads.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import shutil
 import signal
@@ -187,3 +188,22 @@ def test_reload_keeps_the_background_threads_or_stops_the_old_ones(make_server, 
     assert first.precompressed is not None
     first.precompressed.background.run("key", lambda: None)  # an old connection asking: dropped
     assert first.precompressed.background._executor is None
+
+
+def test_reloads_one_after_another_never_serve_a_stopped_worker(make_server, tmp_path: Path) -> None:
+    """Two SIGHUPs close together (a renewal script, then logrotate): the second is built from what
+    the first applied, so the site served keeps a running precompression worker, not one the first
+    reload stopped."""
+    running = make_server(precompress_dir=str(tmp_path / "pre"))
+    server = running.server
+    original = server.config
+    changed = dataclasses.replace(original, precompress_dir=str(tmp_path / "other"))
+
+    async def both() -> list[bool]:
+        return list(await asyncio.gather(reload(server, lambda: changed), reload(server, lambda: original)))
+
+    assert running.call(both()) == [True, True]
+    now = server.services.site
+    assert now.precompressed is not None and now.precompressed.folder == tmp_path / "pre"
+    now.precompressed.background.run("key", lambda: None)  # a request asking: taken, not dropped
+    assert now.precompressed.background._executor is not None
