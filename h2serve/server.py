@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .accesslog import AccessLog
 from .config import Config, ConfigError, parse_address
-from .metrics import make_meter
+from .metrics import PrometheusMeter, make_meter
 from .net.activation import forget_passed_fds, inherited, is_inherited
 from .net.adapter import Adapter, Registry
 from .net.listener import Acceptor, bind
@@ -125,6 +125,7 @@ class Server:
         for (addr, tls), sockets in zip(addresses(cfg), bound, strict=True):
             self._listen(addr, sockets, ssl_ctx if tls else None)
         if self.ops_sockets:
+            assert isinstance(meter, PrometheusMeter)  # ops sockets come only with --metrics-bind
             self.ops = OpsListener(self.ops_sockets, meter, lambda: self.registry.closing, self._sample)
             await self.ops.start()
 

@@ -25,7 +25,7 @@ from typing import cast
 import h11
 
 from ..config import Config, ConfigError, parse_address
-from ..metrics import Meter
+from ..metrics import PrometheusMeter
 from .listener import bind
 
 log = logging.getLogger("h2serve")
@@ -39,7 +39,7 @@ TEXT = b"text/plain; charset=utf-8"
 class OpsListener:
     """Serves /metrics and /healthz on listening sockets bound already."""
 
-    def __init__(self, sockets: list[socket.socket], meter: Meter, stopping: Callable[[], bool],
+    def __init__(self, sockets: list[socket.socket], meter: PrometheusMeter, stopping: Callable[[], bool],
                  before_scrape: Callable[[], None]) -> None:
         self.sockets = sockets
         self.meter = meter
@@ -62,11 +62,7 @@ class OpsListener:
     async def metrics(self) -> tuple[int, bytes, bytes]:
         """Status, content type and body of /metrics, made in a worker thread."""
         self.before_scrape()
-        if not self.meter.enabled:
-            return 404, TEXT, b"metrics are off\n"
-        exposition = getattr(self.meter, "exposition", None)
-        assert exposition is not None
-        body, ctype = await asyncio.to_thread(exposition)
+        body, ctype = await asyncio.to_thread(self.meter.exposition)
         return 200, ctype.encode(), body
 
 
