@@ -233,6 +233,7 @@ def test_parse_available() -> None:
     ({"match": "https://cdn.example.com/app.*.js"}, "must be a path pattern"),
     ({"match": "/a(.*).js"}, "are not supported"),
     ({"match": "/app.*.js", "match-dest": ["scripts"]}, "match-dest: 'scripts' is not a fetch destination"),
+    ({"match": "/app.*.js", "match-dest": [["script"]]}, "match-dest: ['script'] is not a fetch destination"),
     ({"match": "/app.*.js", "id": 'a"b'}, "id:"),
     ({"match": "/app.*.js", "type": "raw"}, "unknown key 'type'"),
     ({}, "match is missing"),

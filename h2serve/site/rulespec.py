@@ -292,7 +292,7 @@ def _dictionary(where: str, table: dict[str, Any]) -> DictionaryRule:
                         f"as the only wildcard (e.g. \"/static/app.*.js\"); URLPattern's :name, "
                         f"groups, ? and + are not supported")
     for value in dest:
-        if value not in DESTINATIONS:
+        if not isinstance(value, str) or value not in DESTINATIONS:
             raise RuleError(f"{where} match-dest: {value!r} is not a fetch destination "
                             f"(script, style, document, ...)")
     if ident is not None and not DICTIONARY_ID.match(ident):
