@@ -79,10 +79,3 @@ def has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return any(n == b"transfer-encoding" or (n == b"content-length" and v.strip() != b"0")
                for n, v in headers)
 
-
-def declared(headers: list[tuple[bytes, bytes]]) -> int | None:
-    """A request's Content-Length, if it gave one."""
-    for name, value in headers:
-        if name == b"content-length" and value.isdigit():
-            return int(value)
-    return None

@@ -41,7 +41,7 @@ from hyperframe.frame import ExtensionFrame
 from ..metrics import flood_reason
 from ..push.plan import Client
 from ..site.body import Response
-from ..upstream.pipe import RequestBody
+from ..upstream.pipe import RequestBody, declared
 from . import lifecycle as lc
 from .compat import ServerConnection
 from .exchange import Deferred, Exchange, Host, Proxied, Services
@@ -49,7 +49,7 @@ from .h2guard import PRIORITY_UPDATE, FrameBudgets, FrameGuard, Refusal
 from .h2priority import NO_RFC7540_PRIORITIES, PrioritySignals
 from .h2push import push_slots, send_with_plan
 from .h2sched import SendScheduler, Stream
-from .h2upload import credit, declared, on_data, on_stream_ended, stop_upload
+from .h2upload import credit, on_data, on_stream_ended, stop_upload
 from .hpackcache import CachedEncoder
 from .proxied import H2Proxied
 

@@ -87,10 +87,3 @@ def stop_upload(engine: H2Engine, stream_id: int) -> None:
     with contextlib.suppress(ProtocolError):
         engine.conn.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
-
-def declared(headers: list[tuple[bytes, bytes]]) -> int | None:
-    """A request's Content-Length, if it gave one."""
-    for name, value in headers:
-        if name == b"content-length" and value.isdigit():
-            return int(value)
-    return None

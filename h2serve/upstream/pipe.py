@@ -21,6 +21,14 @@ HIGH_WATER = 256 * 1024
 UNKNOWN = 1 << 62  # `remaining` of an answer whose end has not arrived yet
 
 
+def declared(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """A request's Content-Length, if it gave one."""
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return None
+
+
 class RequestBody:
     """The client's request body, queued for the upstream connection."""
 
