@@ -29,6 +29,12 @@ def test_ipv6_client_is_quoted_in_forwarded() -> None:
     assert out[b"forwarded"] == b'for="[::1]";proto=http;host="h"'
 
 
+def test_client_host_cannot_end_the_forwarded_quoted_string() -> None:
+    out = dict(request_headers([], authority=b'a", for=1.2.3.4;x="\\', client="10.0.0.7",
+                               scheme="http", has_body=False))
+    assert out[b"forwarded"] == b'for=10.0.0.7;proto=http;host="a\\", for=1.2.3.4;x=\\"\\\\"'
+
+
 def test_response_headers_drop_hop_by_hop_keep_the_rest_in_order() -> None:
     app = [(b"content-type", b"text/html"), (b"connection", b"close, x-hop"), (b"x-hop", b"1"),
            (b"keep-alive", b"timeout=5"), (b"transfer-encoding", b"chunked"), (b"link", b"</a>; rel=preload"),

@@ -54,7 +54,9 @@ def request_headers(headers: Headers, *, authority: bytes, client: str, scheme: 
         out.append((name, value))
     if cookies:
         out.append((b"cookie", b"; ".join(cookies)))
-    host = authority.decode("latin-1")
+    # A quoted-string (RFC 9110 section 5.6.4): a `"` or `\` of the client's own in its Host must
+    # not end the value early, or it could write a `for=` of its choosing into the field.
+    host = authority.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
     node = f'"[{client}]"' if ":" in client else client
     out += [(b"x-forwarded-for", client.encode()), (b"x-forwarded-proto", scheme.encode()),
             (b"x-forwarded-host", authority),
