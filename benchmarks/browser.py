@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,11 +80,9 @@ METRICS_JS = """new Promise(resolve => {
 
 # -- configs of the peer servers (pure) -----------------------------------------------------------
 
-def nginx_config(prefix: Path, port: int, pages: Path, static: Path, cert: Path, key: Path, *,
-                 root_user: bool = False, mime: Path | None = None) -> str:
-    """nginx.conf for one worker serving `pages` at / and `static` at /static/ over TLS with h2
-    (nginx 1.22's `listen ... http2`), gzip for text as h2serve compresses it, no push, no access
-    log; its files under `prefix`."""
+def nginx_head(prefix: Path, *, root_user: bool, mime: Path | None) -> str:
+    """The part of an nginx.conf every peer run shares (this one and benchmarks/proxy.py's): one
+    worker, its files under `prefix`, no access log, up to inside `http {`."""
     temp = "".join(f"    {kind}_temp_path {prefix / kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""daemon off;
@@ -100,7 +98,15 @@ http {{
     access_log off;
 {temp}    sendfile on;
     tcp_nodelay on;
-    gzip on;
+"""
+
+
+def nginx_config(prefix: Path, port: int, pages: Path, static: Path, cert: Path, key: Path, *,
+                 root_user: bool = False, mime: Path | None = None) -> str:
+    """nginx.conf for one worker serving `pages` at / and `static` at /static/ over TLS with h2
+    (nginx 1.22's `listen ... http2`), gzip for text as h2serve compresses it, no push, no access
+    log; its files under `prefix`."""
+    return f"""{nginx_head(prefix, root_user=root_user, mime=mime)}    gzip on;
     gzip_types text/css application/javascript image/svg+xml application/json;
     server {{
         listen 127.0.0.1:{port} ssl http2;
@@ -153,19 +159,26 @@ def h2o_binary() -> str | None:
     return None
 
 
-def start_nginx(site: sites.SiteSpec, certs: peers.Certs, work: Path) -> peers.ServerProcess:
+def run_nginx(work: Path, run: str, config: Callable[[Path, int, bool, Path | None], str]
+              ) -> peers.ServerProcess:
+    """nginx on a free port with `config(prefix, port, root_user, mime)` as its nginx.conf, its
+    files under `work`/nginx-`run`-PORT."""
     binary = peers.nginx_binary()
     if binary is None:
         raise RuntimeError("nginx is not installed")
     port = peers.free_port()
-    prefix = work / f"nginx-browser-{port}"
+    prefix = work / f"nginx-{run}-{port}"
     prefix.mkdir(parents=True, exist_ok=True)
     mime = Path("/etc/nginx/mime.types")
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_config(prefix, port, site.pages, site.static, certs.cert, certs.key,
-                                 root_user=os.geteuid() == 0, mime=mime if mime.exists() else None))
+    conf.write_text(config(prefix, port, os.geteuid() == 0, mime if mime.exists() else None))
     cmd = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
     return peers._start("nginx", peers.pinned(cmd, 0), port, prefix / "stdout.log")
+
+
+def start_nginx(site: sites.SiteSpec, certs: peers.Certs, work: Path) -> peers.ServerProcess:
+    return run_nginx(work, "browser", lambda prefix, port, root_user, mime: nginx_config(
+        prefix, port, site.pages, site.static, certs.cert, certs.key, root_user=root_user, mime=mime))
 
 
 def start_h2o(site: sites.SiteSpec, certs: peers.Certs, work: Path) -> peers.ServerProcess:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from benchmarks import peers, sites
-from benchmarks.browser import Cell, RelayThread, _ms, contextmanager_all, load_once
+from benchmarks.browser import Cell, RelayThread, _ms, contextmanager_all, load_once, nginx_head, run_nginx
 from benchmarks.devtools import Browser, BrowserError, spki_hash
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,22 +67,7 @@ def make_assets(folder: Path, seed: int = 15) -> Path:
 def nginx_proxy_config(prefix: Path, port: int, static: Path, upstream_port: int, cert: Path,
                        key: Path, *, root_user: bool, mime: Path | None) -> str:
     """nginx.conf: one worker, h2 over TLS, /static/ from disk, the rest to the app."""
-    temp = "".join(f"    {kind}_temp_path {prefix / kind};\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    return f"""daemon off;
-{"user root root;" if root_user else ""}
-master_process on;
-worker_processes 1;
-pid {prefix / "nginx.pid"};
-error_log {prefix / "error.log"} warn;
-events {{ worker_connections 1024; }}
-http {{
-    {f"include {mime};" if mime else ""}
-    default_type application/octet-stream;
-    access_log off;
-{temp}    sendfile on;
-    tcp_nodelay on;
-    upstream app {{
+    return f"""{nginx_head(prefix, root_user=root_user, mime=mime)}    upstream app {{
         server 127.0.0.1:{upstream_port};
         keepalive 16;
     }}
@@ -122,19 +107,8 @@ def start_gunicorn(static: Path, work: Path, *, certs: peers.Certs | None = None
 
 
 def start_nginx(static: Path, upstream: int, certs: peers.Certs, work: Path) -> peers.ServerProcess:
-    binary = peers.nginx_binary()
-    if binary is None:
-        raise RuntimeError("nginx is not installed")
-    port = peers.free_port()
-    prefix = work / f"nginx-proxy-{port}"
-    prefix.mkdir(parents=True, exist_ok=True)
-    mime = Path("/etc/nginx/mime.types")
-    conf = prefix / "nginx.conf"
-    conf.write_text(nginx_proxy_config(prefix, port, static, upstream, certs.cert, certs.key,
-                                       root_user=os.geteuid() == 0,
-                                       mime=mime if mime.exists() else None))
-    cmd = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-    return peers._start("nginx", peers.pinned(cmd, 0), port, prefix / "stdout.log")
+    return run_nginx(work, "proxy", lambda prefix, port, root_user, mime: nginx_proxy_config(
+        prefix, port, static, upstream, certs.cert, certs.key, root_user=root_user, mime=mime))
 
 
 def start_servers(names: list[str], root: Path, certs: peers.Certs, work: Path
