@@ -156,19 +156,8 @@ class SiteRules:
         request = _consulted(req.headers)
         path = _path(req.target)
         host = request_host(req.authority)
-        guard: Guard | None = None
-        protected = preflight = False
-        response = None
-        if self.cors is not None:
-            response = self.cors.preflight(req.method, request, self.site.server)
-            preflight = response is not None
-        if response is None and path is not None:
-            response = self._redirect(req, path, host)
-        if response is None and path is not None and self.guards:
-            guard = self.guard_for(path, host)
-            if guard is not None:
-                response = self._check(guard, req, request, path, block)
-                protected = response is None
+        response, guard, preflight = self._ahead(req, request, path, host, block)
+        protected = guard is not None and response is None
         if response is None:
             response = self.site.respond(req.method, req.target, req.headers, block=block)
             if (self.fallback is not None and response.status == 404 and response.file is None
@@ -200,20 +189,30 @@ class SiteRules:
         request = _consulted(req.headers)
         path = _path(req.target)
         host = request_host(req.authority)
-        response = None
-        preflight = False
-        if self.cors is not None:
-            response = self.cors.preflight(req.method, request, self.site.server)
-            preflight = response is not None
-        if response is None and path is not None:
-            response = self._redirect(req, path, host)
-        if response is None and path is not None and self.guards:
-            guard = self.guard_for(path, host)
-            if guard is not None:
-                response = self._check(guard, req, request, path, block)
+        response, _, preflight = self._ahead(req, request, path, host, block)
         if response is not None:
             self._decorate(response.headers, req, request, path, host, False, preflight)
         return response
+
+    def _ahead(self, req: Request, request: dict[bytes, bytes], path: str | None, host: str,
+               block: bool) -> tuple[Response | None, Guard | None, bool]:
+        """What answers a request before its file or the application, in this order: a CORS
+        preflight, a redirect, a 401 from the `[[auth]]` rule covering the path; with that rule
+        (None: none covers it) and whether the answer is a preflight. Shared by `respond` and
+        `gate` so the two keep one order."""
+        if self.cors is not None:
+            response = self.cors.preflight(req.method, request, self.site.server)
+            if response is not None:
+                return response, None, True
+        if path is None:
+            return None, None, False
+        response = self._redirect(req, path, host)
+        if response is not None or not self.guards:
+            return response, None, False
+        guard = self.guard_for(path, host)
+        if guard is None:
+            return None, None, False
+        return self._check(guard, req, request, path, block), guard, False
 
     def proxied(self, req: Request, headers: Headers) -> None:
         """Step 5 on the application's answer to `req` (or the 502/504 given in its place):
