@@ -17,6 +17,8 @@ from conftest import RunningServer
 from h2.settings import SettingCodes
 from h2client import H2Client
 
+from h2serve.upstream.proxy import MAX_INTERIM
+
 Script = Callable[[h11.Connection, h11.Request, socket.socket], None]
 
 
@@ -120,6 +122,27 @@ def test_upstream_103_and_trailers_reach_an_h2_client_hop_by_hop_fields_do_not(
     assert answer.header(b"x-app") == b"yes" and answer.header(b"x-hop") is None
     assert answer.header(b"connection") is None and answer.header(b"transfer-encoding") is None
     assert answer.trailers == [(b"x-checksum", b"abc123")]
+
+
+def test_an_endless_run_of_103s_reaches_the_client_only_up_to_max_interim(
+        scripted, h2server, ca_file: str) -> None:
+    """Interim HEADERS bypass the body's back-pressure: the application's 103s beyond
+    MAX_INTERIM are read and dropped, not written out to the client."""
+    def many_hints(conn: h11.Connection, request: h11.Request, sock: socket.socket) -> None:
+        hints = [h11.InformationalResponse(status_code=103,
+                                           headers=[(b"link", b"</%d.css>; rel=preload" % i)])
+                 for i in range(3 * MAX_INTERIM)]
+        send(conn, sock, *hints, h11.Response(status_code=200, headers=[(b"content-length", b"2")]),
+             h11.Data(data=b"ok"), h11.EndOfMessage())
+
+    server = h2server(scripted(many_hints).url)
+    with H2Client.tls(server.port, ca_file, settings={SettingCodes.ENABLE_PUSH: 0}) as c:
+        sid = c.request("/page")
+        c.receive_until(lambda: c.responses[sid].done)
+    answer = c.responses[sid]
+    assert answer.status == 200 and bytes(answer.body) == b"ok"
+    assert [dict(block)[b"link"] for block in answer.informational] == [
+        b"</%d.css>; rel=preload" % i for i in range(MAX_INTERIM)]
 
 
 def test_trailers_reach_an_http11_client_in_the_chunked_answer(scripted, h2server, ca_file: str) -> None:

@@ -45,6 +45,10 @@ log = logging.getLogger("h2serve")
 
 Headers = list[tuple[bytes, bytes]]
 NO_BODY_STATUS = frozenset({204, 304})
+# The application's own 103s passed on per request. Each is a HEADERS frame written outside the
+# body's flow control and back-pressure, so an application sending them without end would grow
+# the client's output without bound; the rest are read and dropped.
+MAX_INTERIM = 8
 
 
 class Listener(Protocol):
@@ -232,6 +236,7 @@ class ProxyCall:
             conn.send(h11.EndOfMessage())
         await conn.drain()
         self._progress = time.monotonic()
+        interim = 0
         try:
             while True:
                 try:
@@ -242,7 +247,8 @@ class ProxyCall:
                         continue  # still uploading, and the upload moves: the wait starts after it
                     raise
                 if isinstance(event, h11.InformationalResponse):
-                    if event.status_code == 103:
+                    if event.status_code == 103 and interim < MAX_INTERIM:
+                        interim += 1
                         listener.interim(103, response_headers(event.headers))
                     continue
                 if isinstance(event, h11.ConnectionClosed):
