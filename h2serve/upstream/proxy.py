@@ -332,7 +332,7 @@ class ProxyCall:
             if work is None:
                 return
             plan = await asyncio.wrap_future(
-                work.submit(e.kind, lambda: pusher.plan_hints(hints, ex.facts(ex) if ex.facts else client)))
+                work.submit(e.kind, lambda: pusher.plan_hints(hints, client)))
         if plan is None:
             return
         self.hinted.update(h.link for h in hints)
