@@ -82,7 +82,8 @@ METRICS_JS = """new Promise(resolve => {
 
 def nginx_head(prefix: Path, *, root_user: bool, mime: Path | None) -> str:
     """The part of an nginx.conf every peer run shares (this one and benchmarks/proxy.py's): one
-    worker, its files under `prefix`, no access log, up to inside `http {`."""
+    worker, its files under `prefix`, no access log, gzip for text as h2serve compresses it, up to
+    inside `http {`."""
     temp = "".join(f"    {kind}_temp_path {prefix / kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""daemon off;
@@ -98,6 +99,8 @@ http {{
     access_log off;
 {temp}    sendfile on;
     tcp_nodelay on;
+    gzip on;
+    gzip_types text/css application/javascript image/svg+xml application/json;
 """
 
 
@@ -106,9 +109,7 @@ def nginx_config(prefix: Path, port: int, pages: Path, static: Path, cert: Path,
     """nginx.conf for one worker serving `pages` at / and `static` at /static/ over TLS with h2
     (nginx 1.22's `listen ... http2`), gzip for text as h2serve compresses it, no push, no access
     log; its files under `prefix`."""
-    return f"""{nginx_head(prefix, root_user=root_user, mime=mime)}    gzip on;
-    gzip_types text/css application/javascript image/svg+xml application/json;
-    server {{
+    return f"""{nginx_head(prefix, root_user=root_user, mime=mime)}    server {{
         listen 127.0.0.1:{port} ssl http2;
         server_name localhost;
         ssl_certificate {cert};
