@@ -126,7 +126,9 @@ def test_page_load_fetches_exactly_the_discovered_set(
         assert result.requested == expected
     if mode == "hints":
         assert result.early_hints == 1
-        assert all(f.hinted for f in result.assets.values())  # all named by the 103's Link headers
+        # The 103's Link headers name all but the images (Chromium ranks those better itself).
+        assert {p for p, f in result.assets.items() if f.hinted} == {
+            p for p in expected if not p.startswith("/static/img/")}
     if mode == "h1":
         assert 2 <= result.connections <= 6
     assert 0 < result.handshake < result.elapsed

@@ -73,6 +73,8 @@ def test_link_values(demo: Site) -> None:
     ({"/static/css/site.css": {"type": "style", "weight": "1"}}, "weight '1'"),
     ({"/static/missing.css": {"type": "style", "weight": 1}},
      "key '/static/missing.css': no such file in the site"),
+    ({"/static/css/site.css": {"type": "style", "weight": 1, "preload": "yes"}},
+     "key '/static/css/site.css': preload 'yes' is not true or false"),
     ({"/nopage.html": {"/static/css/site.css": {"type": "style"}}},
      "key '/nopage.html': no such page in the site"),
     ([1, 2], "a push manifest is a JSON object"),
@@ -105,6 +107,18 @@ def test_scan_finds_css_js_font_and_images_in_order(demo: Site) -> None:
     build_map(manifest, demo, "derived")
 
 
+def test_preload_says_what_the_links_and_103_name(demo: Site) -> None:
+    """Every type is hinted but images, unless an entry says otherwise either way."""
+    data = {"/static/css/site.css": {"type": "style", "weight": 3},
+            "/static/js/site.js": {"type": "script", "weight": 3, "preload": False},
+            "/static/img/hero.png": {"type": "image", "weight": 2, "preload": True},
+            "/static/img/logo.svg": {"type": "image", "weight": 1}}
+    entries = build_map(data, demo, "m.json").entries_for(demo.lookup(()))  # type: ignore[arg-type]
+    assert [(e.path, e.preload) for e in entries] == [
+        ("/static/css/site.css", True), ("/static/js/site.js", False),
+        ("/static/img/hero.png", True), ("/static/img/logo.svg", False)]
+
+
 def test_scan_follows_document_order_and_css_fonts(tmp_path: Path) -> None:
     (tmp_path / "css").mkdir()
     (tmp_path / "index.html").write_text(
@@ -120,6 +134,25 @@ def test_scan_follows_document_order_and_css_fonts(tmp_path: Path) -> None:
     index = scan_site(site)["/"]
     assert list(index) == ["/css/a.css", "/f.woff2", "/b.js", "/m.js", "/c.png", "/d.json"]
     assert [v["type"] for v in index.values()] == ["style", "font", "script", "script", "image", "fetch"]
+    # Written only where it differs from the type's: the font only the CSS names is not hinted.
+    assert {path: v["preload"] for path, v in index.items() if "preload" in v} == {"/f.woff2": False}
+
+
+def test_scan_hints_a_css_font_or_an_image_once_the_page_preloads_it(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text(
+        '<link rel="stylesheet" href="/a.css"><img src="/hero.png"><img src="/b.png">'
+        '<link rel="preload" href="/f.woff2" as="font" crossorigin>'
+        '<link rel="preload" href="/hero.png" as="image">')
+    (tmp_path / "a.css").write_text('@font-face { font-family: X; src: url("/f.woff2"); }')
+    for name in ("f.woff2", "hero.png", "b.png"):
+        (tmp_path / name).write_bytes(b"x")
+    site = Site.from_folders(root=str(tmp_path), templates="", static="")
+    manifest = scan_site(site)
+    page = lookup(site, "/")
+    assert page is not None
+    entries = build_map(manifest, site, "derived").entries_for(page)
+    assert {e.path: e.preload for e in entries} == {
+        "/a.css": True, "/f.woff2": True, "/hero.png": True, "/b.png": False}
 
 
 def test_scan_ranks_scripts_that_do_not_block_rendering_below_fonts(tmp_path: Path) -> None:

@@ -43,9 +43,10 @@ MANIFEST = json.loads((REPO / "push_manifest.json").read_text())
 # The index page's entries, highest weight first (manifest order within a weight: a stable sort).
 INDEX_ENTRIES = sorted(MANIFEST["/"].items(), key=lambda item: -item[1]["weight"])
 INDEX_PUSHES = [path for path, _ in INDEX_ENTRIES]
-# The preload headers an index page answer carries: one per entry, fonts are CORS requests.
+# The preload headers an index page answer carries: one per entry but the images (which Chromium
+# ranks better when its parser finds them), fonts are CORS requests.
 INDEX_LINKS = [f"<{path}>; rel=preload; as={spec['type']}{'; crossorigin' if spec['type'] == 'font' else ''}"
-               .encode() for path, spec in INDEX_ENTRIES]
+               .encode() for path, spec in INDEX_ENTRIES if spec["type"] != "image"]
 # What a browser sends with a page request; none of it asks for a compressed answer, so pushed
 # bodies are the files' bytes.
 BROWSER: Headers = [
@@ -662,13 +663,31 @@ def test_auto_push_pushes_what_the_html_references(make_server, site, ca_file):
     with push_client(running.port, ca_file) as c:
         plain = fetch(c, "/plain", BROWSER)
     # The stylesheet, and the font its @font-face uses; nothing from another origin or a data: URL.
+    # Only the stylesheet is hinted: the page does not preload the font, which it may never use.
     assert pushed_paths(c, plain) == ["/static/css/site.css", "/static/fonts/h2demo.ttf"]
-    assert all_headers(plain.headers, b"link") == [
-        b"</static/css/site.css>; rel=preload; as=style",
-        b"</static/fonts/h2demo.ttf>; rel=preload; as=font; crossorigin"]
+    assert all_headers(plain.headers, b"link") == [b"</static/css/site.css>; rel=preload; as=style"]
     with push_client(running.port, ca_file) as c:
         about = fetch(c, "/about", BROWSER)
     assert "/static/css/site.css" in pushed_paths(c, about)
+
+
+def test_auto_push_hints_what_the_page_preloads_and_pushes_its_images(make_server, site, ca_file):
+    """A derived map pushes the page's images but hints them only when the page preloads one; a
+    font its CSS names is hinted once the page preloads it, wherever the preload stands."""
+    (site / "templates/hero.html").write_text(
+        '<!doctype html><link rel="stylesheet" href="/static/css/site.css">'
+        '<link rel="preload" href="/static/fonts/h2demo.ttf" as="font" crossorigin>'
+        '<link rel="preload" href="/static/img/hero.png" as="image">'
+        '<img src="/static/img/hero.png"><img src="/static/img/logo.svg">')
+    running = make_server(templates=str(site / "templates"), static=str(site / "static"), auto_push=True)
+    with push_client(running.port, ca_file) as c:
+        page = fetch(c, "/hero", BROWSER)
+    assert pushed_paths(c, page) == ["/static/css/site.css", "/static/fonts/h2demo.ttf",
+                                     "/static/img/hero.png", "/static/img/logo.svg"]
+    assert all_headers(page.headers, b"link") == [
+        b"</static/css/site.css>; rel=preload; as=style",
+        b"</static/fonts/h2demo.ttf>; rel=preload; as=font; crossorigin",
+        b"</static/img/hero.png>; rel=preload; as=image"]
 
 
 # -- helpers -----------------------------------------------------------------------------------------

@@ -28,9 +28,10 @@ TYPES = {"script": "script", "style": "style", "font": "font", "image": "image",
          "document": "document", "fetch": "fetch"}
 # What a derived manifest gives each type: render-blocking first, images last. A script that does
 # not block rendering (defer, async, type=module, modulepreload) runs after the page is parsed, while
-# Chromium holds first paint briefly for a preloaded font, and asks for every preload at the same
-# priority (`u=1, i`) in the order the Links name them: so such scripts rank below fonts
-# (DEFERRED_SCRIPT_WEIGHT), and the 103/Link order and the push order follow.
+# Chromium holds first paint for a preloaded font, and asks for preloaded fonts and scripts at one
+# priority (`u=1, i`; stylesheets `u=0, i`, seen from Chromium 156), so in the order the Links name
+# them: such scripts rank below fonts (DEFERRED_SCRIPT_WEIGHT), and the 103/Link order and the push
+# order follow.
 DEFAULT_WEIGHTS = {"style": 256, "script": 192, "font": 128, "fetch": 64, "document": 64, "image": 32}
 DEFERRED_SCRIPT_WEIGHT = 96
 EXTENSION_TYPES = {".css": "style", ".js": "script", ".mjs": "script", ".woff2": "font",
@@ -39,13 +40,23 @@ EXTENSION_TYPES = {".css": "style", ".js": "script", ".mjs": "script", ".woff2":
                    ".gif": "image", ".svg": "image", ".webp": "image", ".avif": "image"}
 
 
+# Types announced with Link: rel=preload (and so in the 103) unless an entry says otherwise. Not
+# images: Chromium's parser finds an <img> as soon as the page arrives and ranks the large ones in
+# view above the rest (a hero image came at `u=2, i`), while every preloaded image comes at the
+# lowest image urgency (`i`, u=3), so a hinted hero image shares the line with every thumbnail and
+# paints later (benchmarks/README.md). An entry's own `"preload": true` (an image only CSS names,
+# the page's largest) still hints it.
+PRELOAD_TYPES = frozenset({"style", "script", "font", "fetch", "document"})
+
+
 @dataclass(frozen=True, slots=True)
 class PushEntry:
-    """One resource to push (and to announce with Link: rel=preload)."""
+    """One resource to push, and, when `preload`, to announce with Link: rel=preload (and 103)."""
 
     path: str
     type: str
     weight: int
+    preload: bool = True
 
     @property
     def link(self) -> bytes:
@@ -127,7 +138,10 @@ def _entries(data: dict[str, object], site: Site, name: str, where: str) -> tupl
         weight = spec.get("weight", 1)
         if not isinstance(weight, int) or isinstance(weight, bool) or not 1 <= weight <= 256:
             raise ConfigError(f"{at}: weight {weight!r} is not a whole number from 1 to 256")
-        entries.append(PushEntry(path, kind, weight))
+        preload = spec.get("preload", kind in PRELOAD_TYPES)
+        if not isinstance(preload, bool):
+            raise ConfigError(f"{at}: preload {preload!r} is not true or false")
+        entries.append(PushEntry(path, kind, weight, preload))
     return tuple(sorted(entries, key=lambda e: -e.weight))  # stable: manifest order within a weight
 
 

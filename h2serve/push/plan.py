@@ -168,8 +168,8 @@ class Pusher:
         plan = PushPlan()
         full = client.method == "GET"
         if self.preload_links:
-            plan.links = [(b"link", e.link) for e in entries]
-            plan.early_hints = full and (self.early_hints == "all" or (
+            plan.links = [(b"link", e.link) for e in entries if e.preload]
+            plan.early_hints = full and bool(plan.links) and (self.early_hints == "all" or (
                 self.early_hints == "h2" and client.protocol == "h2"))
         if (full and self.push and client.protocol == "h2" and client.push_slots > 0
                 and self._promise(plan, entries, client, block) == 0):
