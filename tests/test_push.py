@@ -20,7 +20,7 @@ from pathlib import Path
 import h11
 import httpx
 import pytest
-from conftest import REPO, STATIC, TEMPLATES, open_tls
+from conftest import REPO, STATIC, TEMPLATES, open_tls, wait_for
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from h2client import H2Client, StreamResponse
@@ -35,6 +35,7 @@ from hyperframe.frame import (
 
 from h2serve.push.manifest import build_map
 from h2serve.push.plan import COPIED_HEADERS, Client, Pusher
+from h2serve.site.blocking import WouldBlock
 from h2serve.site.handler import Site
 
 Headers = list[tuple[bytes, bytes]]
@@ -422,6 +423,59 @@ def test_push_cookie_for_200_resources_is_under_1_kib(tmp_path):
     value = first.set_cookie.split(b";", 1)[0]
     again = plan([(b"cookie", value)])
     assert again is not None and again.promises == []  # it remembers all 200
+
+
+def test_a_page_answer_makes_its_map_entries_ready_once_per_version_and_coding(tmp_path):
+    """On a page's answer the pusher has each map entry answered once in a worker thread with the
+    page request's Accept-Encoding, so that the browser's own requests find them loaded and
+    compressed (a stylesheet still being compressed waits behind images that were ready)."""
+    site = Site.from_folders(root=None, templates=str(TEMPLATES), static=str(STATIC))
+    pusher = Pusher(site, build_map(MANIFEST, site, "m.json"))
+    page = site.lookup(("",))
+    assert page is not None
+    br = [(b"accept-encoding", b"br")]
+    with pytest.raises(WouldBlock):  # cold: the stylesheet must be read and compressed first
+        site.respond("GET", b"/static/css/site.css", br, block=False)
+    submitted: list[tuple[str, Callable[[], None]]] = []
+    pusher.warm(page, [(b"user-agent", b"x"), *br], lambda kind, fn: submitted.append((kind, fn)))
+    assert [kind for kind, _ in submitted] == ["io"] * len(INDEX_PUSHES)
+    for _, fn in submitted:
+        fn()
+    for path in INDEX_PUSHES:  # every entry now answers from memory, in the coding asked for
+        response = site.respond("GET", path.encode(), br, block=False)
+        assert response.status == 200
+        if path.endswith(".css"):
+            assert (b"content-encoding", b"br") in response.headers
+        if response.body is not None:
+            response.body.close()
+    pusher.warm(page, br, lambda kind, fn: submitted.append((kind, fn)))
+    assert len(submitted) == len(INDEX_PUSHES)  # the same page version and coding: nothing more
+    pusher.warm(page, [(b"accept-encoding", b"gzip")], lambda kind, fn: submitted.append((kind, fn)))
+    assert len(submitted) == 2 * len(INDEX_PUSHES)
+
+
+def test_a_fresh_servers_first_page_visit_prepares_the_stylesheet(make_server, ca_file):
+    """Over the real server: after one GET of the page, the stylesheet's compressed answer is
+    ready before it is asked for."""
+    running = make_server()
+    site = running.server.services.site
+    br = [(b"accept-encoding", b"br")]
+    with pytest.raises(WouldBlock):
+        site.respond("GET", b"/static/css/site.css", br, block=False)
+    with push_client(running.port, ca_file, settings={SettingCodes.ENABLE_PUSH: 0}) as c:
+        page = fetch(c, "/", [*BROWSER, *br])
+    assert page.header(b":status") == b"200" and page.pushed == []
+
+    def ready() -> bool:
+        try:
+            response = site.respond("GET", b"/static/css/site.css", br, block=False)
+        except WouldBlock:
+            return False
+        if response.body is not None:
+            response.body.close()
+        return (b"content-encoding", b"br") in response.headers
+
+    wait_for(ready)
 
 
 # -- preload links and Early Hints -------------------------------------------------------------------

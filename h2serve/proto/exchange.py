@@ -224,6 +224,9 @@ class Exchange:
                 except WouldBlock as e:
                     self.plan = _UNSET
                     return Deferred(e.kind, lambda: self._plan_blocking(client))
+        if (self.plan is not None and self.services.work is not None and self.method == "GET"
+                and response.file is not None):
+            served.pusher.warm(response.file, self.headers, self.services.work.submit)
         self.status = response.status
         return response
 
