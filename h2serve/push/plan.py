@@ -28,14 +28,14 @@ from ..site.handler import Site
 from ..site.paths import BadTarget, split_target
 from .manifest import EMPTY, PushEntry, PushMap
 
-# Request headers that shape a response, copied from the page's request into each promised one.
-COPIED_HEADERS = (b"accept", b"accept-encoding", b"accept-language", b"user-agent", b"cache-control")
 log = logging.getLogger("h2serve")
 
+# Request headers that shape a response, copied from the page's request into each promised one.
+COPIED_HEADERS = (b"accept", b"accept-encoding", b"accept-language", b"user-agent", b"cache-control")
 DIGEST_HASH_BYTES = 3
-WARMED_PAGES = 256  # (page version, Accept-Encoding) whose map entries were made ready, newest kept
 DIGEST_MAX_ENTRIES = 200
 COOKIE_MAX_AGE = 30 * 24 * 3600
+WARMED_PAGES = 256  # (page version, Accept-Encoding) whose map entries were made ready, newest kept
 
 
 class HintLike(Protocol):
