@@ -24,6 +24,7 @@ from ..metrics import Meter
 from ..site.blocking import WouldBlock
 from ..site.body import Response
 from ..site.rules import Request, SiteRules, request_host
+from ..upstream.pipe import declared, has_body
 
 if TYPE_CHECKING:
     from ..accesslog import AccessLog
@@ -232,24 +233,22 @@ class Exchange:
 
     def declares_body(self) -> bool:
         """The request says it has a body (Content-Length above 0, or Transfer-Encoding)."""
-        for name, value in self.headers:
-            if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-                return True
+        if has_body(self.headers):
+            return True
         return self.body is not None and (self.body.received > 0 or not self.body.ended)
 
     def _forward(self, upstream: Upstream) -> Response | Proxied:
         """The call to the application; 413 instead for a body declared over --max-body-size."""
         from ..upstream.proxy import ProxyCall
 
-        limit = self.services.config.max_body_size
-        for name, value in self.headers:
-            if name == b"content-length" and value.strip().isdigit() and int(value) > limit:
-                if self.body is not None:
-                    self.body.drop()
-                response = self.response = self.served().site.error(413, self.method)
-                self.plan = None
-                self.status = 413
-                return response
+        length = declared(self.headers)
+        if length is not None and length > self.services.config.max_body_size:
+            if self.body is not None:
+                self.body.drop()
+            response = self.response = self.served().site.error(413, self.method)
+            self.plan = None
+            self.status = 413
+            return response
         self.proxy = ProxyCall(self, upstream, self.body)
         self.plan = None
         return Proxied(self.proxy)

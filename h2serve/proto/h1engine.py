@@ -26,10 +26,10 @@ import h11
 
 from ..push.plan import Client
 from ..site.body import Body, Response
-from ..upstream.pipe import RequestBody, declared
+from ..upstream.pipe import RequestBody, declared, has_body
 from .compat import h11_unparsed
 from .exchange import Deferred, Exchange, Host, Proxied, Services
-from .h1upload import has_body, pull_body
+from .h1upload import pull_body
 from .lifecycle import ABORT, CLOSE, H1_TABLE, IDLE, LOST, OPEN, SHUTDOWN, Lifecycle
 from .proxied import H1Proxied
 

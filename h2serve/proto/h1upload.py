@@ -71,11 +71,3 @@ def too_large(engine: H1Engine) -> None:
         engine._send_error_and_close(413)
     else:
         engine.life.fire(CLOSE)
-
-
-def has_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    """The request has a body: Transfer-Encoding, or a Content-Length above 0 (h11 reads an
-    empty one for a request with neither)."""
-    return any(n == b"transfer-encoding" or (n == b"content-length" and v.strip() != b"0")
-               for n, v in headers)
-

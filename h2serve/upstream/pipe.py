@@ -29,6 +29,13 @@ def declared(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+def has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """The request has a body: Transfer-Encoding, or a Content-Length above 0 (h11 reads an
+    empty one for a request with neither)."""
+    return any(n == b"transfer-encoding" or (n == b"content-length" and v.strip() != b"0")
+               for n, v in headers)
+
+
 class RequestBody:
     """The client's request body, queued for the upstream connection."""
 
